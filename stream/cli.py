@@ -1,0 +1,72 @@
+"""The ``dfstream`` command line: one typer app; each concern registers its commands from
+``stream/commands/``. Heavy imports (torch, PyAV) happen inside commands, so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from stream.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    name="dfstream",
+    help="Streaming, real-time deepfake detection: live video in, calibrated alerts out to Redis.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+bench_app = typer.Typer(help="Benchmarks; each prints JSON with ratios against a same-run baseline.")
+models_app = typer.Typer(help="The model store: pull, import, list and verify weights.")
+config_app = typer.Typer(help="Inspect and check the configuration.")
+app.add_typer(bench_app, name="bench")
+app.add_typer(models_app, name="models")
+app.add_typer(config_app, name="config")
+
+console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (else $DFSTREAM_CONFIG).", show_default=False),
+]
+
+
+def settings_or_exit(config: Path | None, **overrides: object) -> Settings:
+    """Load settings; on a bad config print what is wrong and exit 2 rather than a traceback."""
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print a clear error and return the Exit to raise."""
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    from importlib.metadata import version as dist_version
+
+    typer.echo(dist_version("dfstream"))
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate the configuration and print the effective settings as JSON."""
+    settings = settings_or_exit(config)
+    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+
+
+def main() -> None:
+    app()
+
+
+# Commands of each concern register themselves on the apps above.
+from stream.commands import ingest  # noqa: E402,F401

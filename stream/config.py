@@ -1,0 +1,269 @@
+"""Service configuration: one typed root, read from a YAML file and ``DFSTREAM_*`` variables.
+
+Every field states its bounds so that a bad value is refused at start-up with a message that
+names the field, the value and what is allowed, rather than failing later inside a stream.
+Nested fields are set from the environment with ``__``, e.g. ``DFSTREAM_REDIS__URL``.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RedisSettings(Section):
+    url: str | None = Field(
+        None,
+        description="redis://, rediss:// (TLS) or unix:// URL with optional AUTH; "
+        "unset starts an embedded redis-server on a private unix socket.",
+    )
+    prefix: str = Field("dfstream:", min_length=1, max_length=64, description="Key prefix.")
+    events_maxlen: int = Field(
+        100_000, ge=100, le=100_000_000, description="Approximate MAXLEN of the events Stream."
+    )
+    outbox_size: int = Field(
+        10_000, ge=1, le=10_000_000, description="Events kept while Redis is unreachable."
+    )
+    evidence_ttl_s: int = Field(
+        7 * 24 * 3600, ge=60, le=365 * 24 * 3600, description="TTL of evidence JPEGs."
+    )
+    service_ttl_s: float = Field(
+        10.0, ge=1.0, le=600.0, description="TTL of the liveness key; renewed at a third of it."
+    )
+    reconnect_base_s: float = Field(0.2, gt=0, le=60, description="First reconnect delay.")
+    reconnect_cap_s: float = Field(10.0, gt=0, le=600, description="Longest reconnect delay.")
+
+
+class IngestSettings(Section):
+    allowed_schemes: list[str] = Field(
+        default_factory=lambda: ["rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "file"],
+        description="URL schemes a stream may use; 'file' also admits plain paths.",
+    )
+    protocol_whitelist: list[str] = Field(
+        default_factory=lambda: [
+            "file", "http", "https", "tcp", "tls", "udp", "rtp", "rtsp", "rtsps",
+            "rtmp", "rtmps", "crypto", "hls", "httpproxy",
+        ],
+        description="FFmpeg protocol_whitelist. 'file' is only honoured for local file sources; "
+        "concat, subfile, data and pipe are refused unless listed here.",
+    )
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP lower transport.")
+    open_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout to open a stream.")
+    read_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one read.")
+    reconnect_base_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
+    reconnect_cap_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay.")
+    watchdog_s: float = Field(
+        10.0, gt=0, le=3600, description="No frame for this long restarts the reader."
+    )
+    analysis_fps: float = Field(
+        5.0, gt=0, le=240, description="Frames per second handed to analysis per stream."
+    )
+    detect_max_side: int = Field(
+        640, ge=64, le=4096, description="Longest side of the image given to face detection."
+    )
+    max_pixels: int = Field(
+        8192 * 8192, ge=64 * 64, le=16384 * 16384, description="Larger frames are refused."
+    )
+    decode_threads: int = Field(1, ge=0, le=64, description="FFmpeg decode threads; 0 = auto.")
+    skip_nonref: bool = Field(
+        True,
+        description="Skip decoding non-reference frames when sampling far below the source rate.",
+    )
+
+
+class FaceSettings(Section):
+    detector: Literal["retinaface-mobilenet0.25", "retinaface-resnet50"] = Field(
+        "retinaface-mobilenet0.25", description="Face detector weights."
+    )
+    confidence: float = Field(0.8, gt=0, lt=1, description="Minimum detection score.")
+    nms_iou: float = Field(0.4, gt=0, lt=1, description="IoU above which boxes are merged.")
+    min_face_px: int = Field(32, ge=8, le=4096, description="Smaller faces are ignored.")
+    max_faces: int = Field(8, ge=1, le=256, description="At most this many faces per frame.")
+    margin: float = Field(1.3, ge=1.0, le=3.0, description="Crop margin around the face.")
+    min_landmark_score: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Below this detection score, or with landmarks outside the box, a plain "
+        "box crop is used instead of the 5-point alignment.",
+    )
+    track_iou: float = Field(0.3, gt=0, lt=1, description="IoU to continue a track.")
+    track_min_hits: int = Field(2, ge=1, le=100, description="Hits before a track is confirmed.")
+    track_max_age_s: float = Field(1.0, gt=0, le=60, description="Unmatched tracks expire after.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+
+
+class DetectorSettings(Section):
+    arch: Literal["ViT-L-14", "ViT-B-16", "tiny"] = Field("ViT-L-14", description="Backbone.")
+    bundle: str | None = Field(
+        None, description="Detector bundle (name in the model store or path); unset: best installed."
+    )
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt", "torch-compile"] = Field(
+        "auto", description="Crop scorer backend."
+    )
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="Compute precision.")
+    max_batch: int = Field(32, ge=1, le=1024, description="Largest crop batch per call.")
+    allow_untrained: bool = Field(
+        False, description="Run with random weights (loudly flagged) when no bundle is installed."
+    )
+
+
+class Thresholds(Section):
+    enter: float = Field(0.8, ge=0, le=1, description="p_stream at or above this starts an alert.")
+    exit: float = Field(0.6, ge=0, le=1, description="p_stream below this ends an alert.")
+    min_duration_s: float = Field(1.0, ge=0, le=3600, description="Time above enter to alert.")
+    hold_s: float = Field(2.0, ge=0, le=3600, description="Time below exit to clear.")
+    cooldown_s: float = Field(5.0, ge=0, le=3600, description="Quiet time before a new alert.")
+    window_s: float = Field(2.0, gt=0, le=600, description="Rolling window per face track.")
+
+    @model_validator(mode="after")
+    def _exit_not_above_enter(self) -> Thresholds:
+        if self.exit > self.enter:
+            raise ValueError(f"exit ({self.exit}) must not be above enter ({self.enter})")
+        return self
+
+
+class ScoringSettings(Section):
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    aggregate: Literal["mean", "median"] = Field("mean", description="Rolling aggregate.")
+    update_interval_s: float = Field(
+        1.0, ge=0, le=3600, description="Least time between alert.update events of one alert."
+    )
+
+
+class PipelineSettings(Section):
+    max_frames: int = Field(16, ge=1, le=1024, description="Frames per detection batch.")
+    max_wait_ms: float = Field(20.0, ge=0, le=10_000, description="Batch collection deadline.")
+    max_crops_per_stream: int = Field(
+        8, ge=1, le=1024, description="Per-stream share of one scorer batch, for fairness."
+    )
+
+
+class ApiSettings(Section):
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="Bind port; 0 picks a free one.")
+    token: str | None = Field(
+        None, description="Bearer token; required when bound beyond loopback."
+    )
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024, description="Body cap.")
+
+
+class StreamSpec(Section):
+    id: str = Field(..., pattern=STREAM_ID_PATTERN, description="Stream id used in Redis keys.")
+    url: str = Field(..., min_length=1, max_length=4096, description="Source URL or file path.")
+    analysis_fps: float | None = Field(None, gt=0, le=240, description="Overrides ingest's.")
+    watchdog_s: float | None = Field(None, gt=0, le=3600, description="Overrides ingest's.")
+    realtime: bool = Field(True, description="Files: pace as live (True) or decode flat out.")
+    loop: bool = Field(False, description="Files: start again at the end.")
+
+
+class Settings(BaseSettings):
+    """The root of the configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DFSTREAM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    home: Path | None = Field(
+        None, description="Model store; default: the user cache dir (or $DFSTREAM_HOME)."
+    )
+    weights_dir: Path | None = Field(
+        None, description="Extra read-only directory searched for weights first."
+    )
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    faces: FaceSettings = Field(default_factory=FaceSettings)
+    detector: DetectorSettings = Field(default_factory=DetectorSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    streams: list[StreamSpec] = Field(default_factory=list, description="Streams at start-up.")
+
+    @field_validator("streams")
+    @classmethod
+    def _unique_stream_ids(cls, streams: list[StreamSpec]) -> list[StreamSpec]:
+        seen: set[str] = set()
+        for spec in streams:
+            if spec.id in seen:
+                raise ValueError(f"stream id {spec.id!r} appears twice")
+            seen.add(spec.id)
+        return streams
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then DFSTREAM_* variables, then the YAML file.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = _yaml_file.get()
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+
+_yaml_file: ContextVar[Path | None] = ContextVar("dfstream_yaml_file", default=None)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every bad field."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "(root)"
+        value = err.get("input")
+        shown = "{...}" if isinstance(value, dict) else repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"{field}: {err['msg']} (got {shown})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``path`` (or $DFSTREAM_CONFIG), the environment and explicit overrides."""
+    file = Path(path) if path is not None else None
+    if file is None and os.environ.get("DFSTREAM_CONFIG"):
+        file = Path(os.environ["DFSTREAM_CONFIG"])
+    if file is not None:
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist")
+        try:
+            data = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"config file {file} must hold a mapping at the top level")
+    token = _yaml_file.set(file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    finally:
+        _yaml_file.reset(token)

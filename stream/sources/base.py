@@ -1,0 +1,185 @@
+"""What every video source hands to analysis: ``Frame`` records through a ``FrameSource``.
+
+A frame keeps the decoder's picture and converts it lazily: the face detector asks for a small
+RGB image, the face stage asks for full-resolution RGB only where a face is. Converting whole
+1080p frames to RGB costs about a fifth of decoding them, so nothing converts more than it must.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    import av
+
+
+class SourceStatus(StrEnum):
+    CONNECTING = "connecting"
+    LIVE = "live"
+    RECONNECTING = "reconnecting"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class DropCause(StrEnum):
+    SUPERSEDED = "superseded"
+    """A newer frame replaced it in the mailbox before analysis took it."""
+    FPS_CAP = "fps_cap"
+    """Over the analysis fps cap; never converted."""
+    SKIPPED_NONREF = "skipped_nonref"
+    """A non-reference frame the decoder was told not to decode."""
+
+
+class Frame:
+    """One decoded picture of one stream, with lazy conversions."""
+
+    __slots__ = (
+        "_av",
+        "_lock",
+        "_rgb",
+        "_small",
+        "captured_at",
+        "height",
+        "pts",
+        "seq",
+        "stream_id",
+        "width",
+    )
+
+    def __init__(
+        self,
+        stream_id: str,
+        seq: int,
+        pts: float,
+        captured_at: float,
+        *,
+        av_frame: av.VideoFrame | None = None,
+        rgb: np.ndarray | None = None,
+    ) -> None:
+        if (av_frame is None) == (rgb is None):
+            raise ValueError("a Frame holds exactly one of av_frame or rgb")
+        if rgb is not None:
+            check_rgb(rgb)
+            self.height, self.width = int(rgb.shape[0]), int(rgb.shape[1])
+        else:
+            assert av_frame is not None
+            self.height, self.width = int(av_frame.height), int(av_frame.width)
+        self.stream_id = stream_id
+        self.seq = seq
+        self.pts = pts
+        self.captured_at = captured_at
+        self._av = av_frame
+        self._rgb = rgb
+        self._small: dict[int, tuple[np.ndarray, float]] = {}
+        self._lock = threading.Lock()
+
+    def detection_image(self, max_side: int) -> tuple[np.ndarray, float]:
+        """An RGB image whose longest side is at most ``max_side``, and its scale to full size.
+
+        Multiply coordinates in the small image by ``1 / scale`` to get full-resolution pixels.
+        """
+        with self._lock:
+            cached = self._small.get(max_side)
+            if cached is not None:
+                return cached
+            scale = min(1.0, max_side / max(self.width, self.height))
+            width = max(1, int(round(self.width * scale)))
+            height = max(1, int(round(self.height * scale)))
+            if self._rgb is not None:
+                small = (
+                    self._rgb
+                    if scale == 1.0
+                    else cv2.resize(self._rgb, (width, height), interpolation=cv2.INTER_AREA)
+                )
+            else:
+                assert self._av is not None
+                small = self._av.reformat(
+                    width=width, height=height, format="rgb24", interpolation="AREA"
+                ).to_ndarray()
+            result = (small, width / self.width)
+            self._small[max_side] = result
+            return result
+
+    def region_rgb(self, x1: int, y1: int, x2: int, y2: int) -> tuple[np.ndarray, int, int]:
+        """Full-resolution RGB of a box clipped to the frame, and the clipped box's origin."""
+        x1c, y1c = max(0, int(x1)), max(0, int(y1))
+        x2c, y2c = min(self.width, int(x2)), min(self.height, int(y2))
+        if x2c <= x1c or y2c <= y1c:
+            raise ValueError(f"box ({x1},{y1},{x2},{y2}) lies outside the {self.width}x{self.height} frame")
+        if self._rgb is not None:
+            return self._rgb[y1c:y2c, x1c:x2c], x1c, y1c
+        return self.to_rgb()[y1c:y2c, x1c:x2c], x1c, y1c
+
+    def to_rgb(self) -> np.ndarray:
+        """The whole picture as RGB (converted once, then kept)."""
+        with self._lock:
+            if self._rgb is None:
+                assert self._av is not None
+                self._rgb = self._av.to_ndarray(format="rgb24")
+            return self._rgb
+
+    def __repr__(self) -> str:
+        return (
+            f"Frame(stream_id={self.stream_id!r}, seq={self.seq}, pts={self.pts:.3f}, "
+            f"{self.width}x{self.height})"
+        )
+
+
+def check_rgb(image: np.ndarray) -> None:
+    """Refuse anything but an HxWx3 uint8 picture, naming what was wrong."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB image, got shape {image.shape}")
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise ValueError(f"image of {image.shape[1]}x{image.shape[0]} pixels is too small")
+
+
+@dataclass
+class SourceStats:
+    """A snapshot of one source's health, for metrics, the API and Redis state."""
+
+    stream_id: str
+    status: SourceStatus
+    url: str
+    frames_decoded: int = 0
+    frames_delivered: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    reconnects: int = 0
+    last_error: str | None = None
+    next_retry_in_s: float | None = None
+    fps_in: float = 0.0
+    fps_out: float = 0.0
+    width: int = 0
+    height: int = 0
+    codec: str | None = None
+
+
+FrameCallback = Callable[[], None]
+
+
+class FrameSource(Protocol):
+    """A stream of frames with a latest-frame mailbox; never raises on bad input."""
+
+    stream_id: str
+
+    def start(self) -> None:
+        """Begin reading in the background (idempotent)."""
+
+    def stop(self) -> None:
+        """Stop reading and release the input; returns once the reader has ended."""
+
+    def take(self) -> Frame | None:
+        """The newest undelivered frame, or None; never blocks."""
+
+    def stats(self) -> SourceStats:
+        """Current status and counters."""
