@@ -112,7 +112,8 @@ def resolve(name: str) -> Path:
         where = ", ".join(str(d) for d in search_dirs())
         raise StoreError(
             f"{art.name} is not installed (looked in {where}). "
-            f"Run `dfstream models pull {art.name}`" + (f", or: {art.manual_steps}" if art.manual_steps else "")
+            f"Run `dfstream models pull {art.name}`"
+            + (f", or: {art.manual_steps}" if art.manual_steps else "")
         )
     verify_file(art, path)
     return path

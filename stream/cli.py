@@ -19,7 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-bench_app = typer.Typer(help="Benchmarks; each prints JSON with ratios against a same-run baseline.")
+bench_app = typer.Typer(help="Benchmarks; each prints JSON with ratios against a same-run base.")
 models_app = typer.Typer(help="The model store: pull, import, list and verify weights.")
 config_app = typer.Typer(help="Inspect and check the configuration.")
 app.add_typer(bench_app, name="bench")
@@ -30,7 +30,8 @@ console = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config file (else $DFSTREAM_CONFIG).", show_default=False),
+    typer.Option("--config", "-c", help="YAML config file (else $DFSTREAM_CONFIG).",
+                 show_default=False),
 ]
 
 

@@ -113,7 +113,7 @@ class FaceSettings(Section):
 class DetectorSettings(Section):
     arch: Literal["ViT-L-14", "ViT-B-16", "tiny"] = Field("ViT-L-14", description="Backbone.")
     bundle: str | None = Field(
-        None, description="Detector bundle (name in the model store or path); unset: best installed."
+        None, description="Detector bundle (store name or path); unset: the best installed."
     )
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt", "torch-compile"] = Field(
         "auto", description="Crop scorer backend."

@@ -58,7 +58,7 @@ def face_placement(index: int, count: int, width: int, height: int) -> FacePlace
     size = 512 * scale
     x = (width - size) * (0.5 + 0.35 * math.sin(2 * math.pi * phase))
     y = (height - size) * (0.5 + 0.25 * math.cos(2 * math.pi * phase))
-    return FacePlacement(int(round(x)), int(round(y)), scale)
+    return FacePlacement(round(x), round(y), scale)
 
 
 def compose_frame(
@@ -69,7 +69,7 @@ def compose_frame(
     if placement is None:
         return frame
     portrait = astronaut()
-    size = max(1, int(round(512 * placement.scale)))
+    size = max(1, round(512 * placement.scale))
     scaled = cv2.resize(portrait, (size, size), interpolation=cv2.INTER_AREA)
     x0, y0 = placement.x, placement.y
     fx0, fy0 = max(0, -x0), max(0, -y0)
@@ -110,10 +110,11 @@ def write_video(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
-        stream: av.VideoStream | None = None
+        stream: av.VideoStream | None = None  # created from the first frame's size
         for rgb in frames:
             if stream is None:
-                stream = container.add_stream(codec, rate=fps)
+                stream = container.add_stream(codec, rate=fps)  # type: ignore[assignment]
+                assert stream is not None
                 stream.width = rgb.shape[1]
                 stream.height = rgb.shape[0]
                 stream.pix_fmt = "yuv420p"
@@ -148,6 +149,6 @@ def write_face_video(
     bframes: int = 0,
 ) -> Path:
     """An H.264 video of the astronaut's face moving and scaling (or of no face at all)."""
-    count = max(1, int(round(seconds * fps)))
+    count = max(1, round(seconds * fps))
     frames = (rgb for rgb, _ in face_frames(width, height, count, face=face))
     return write_video(path, frames, fps=fps, gop=gop, bframes=bframes)

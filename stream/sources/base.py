@@ -90,8 +90,8 @@ class Frame:
             if cached is not None:
                 return cached
             scale = min(1.0, max_side / max(self.width, self.height))
-            width = max(1, int(round(self.width * scale)))
-            height = max(1, int(round(self.height * scale)))
+            width = max(1, round(self.width * scale))
+            height = max(1, round(self.height * scale))
             if self._rgb is not None:
                 small = (
                     self._rgb
@@ -112,7 +112,9 @@ class Frame:
         x1c, y1c = max(0, int(x1)), max(0, int(y1))
         x2c, y2c = min(self.width, int(x2)), min(self.height, int(y2))
         if x2c <= x1c or y2c <= y1c:
-            raise ValueError(f"box ({x1},{y1},{x2},{y2}) lies outside the {self.width}x{self.height} frame")
+            raise ValueError(
+                f"box ({x1},{y1},{x2},{y2}) lies outside the {self.width}x{self.height} frame"
+            )
         if self._rgb is not None:
             return self._rgb[y1c:y2c, x1c:x2c], x1c, y1c
         return self.to_rgb()[y1c:y2c, x1c:x2c], x1c, y1c
