@@ -147,6 +147,13 @@ class ScoringSettings(Section):
     update_interval_s: float = Field(
         1.0, ge=0, le=3600, description="Least time between alert.update events of one alert."
     )
+    update_min_rise: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="alert.update needs the top score to rise by at least this much "
+        "(or a new track to join the alert).",
+    )
 
 
 class PipelineSettings(Section):
