@@ -101,6 +101,9 @@ def arch_spec(arch: str) -> ArchSpec:
 class LNCLIPDetector(nn.Module):
     """uint8 crops (N, H, W, 3) -> logits (N, 2); class 1 is fake."""
 
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
     def __init__(self, arch: str = DEFAULT_ARCH) -> None:
         super().__init__()
         self.spec = arch_spec(arch)
@@ -112,19 +115,19 @@ class LNCLIPDetector(nn.Module):
         # The feature is the CLS token after ln_post, before CLIP's projection.
         self.visual.proj = None
         self.head = nn.Linear(self.spec.width, NUM_CLASSES)
-        # Normalisation in uint8 units: (x / 255 - mean) / std == (x - 255 mean) / (255 std).
-        scale = 255.0
-        self.register_buffer(
-            "pixel_mean",
-            torch.tensor([m * scale for m in CLIP_MEAN]).view(1, 3, 1, 1),
-            persistent=False,
-        )
-        self.register_buffer(
-            "pixel_std",
-            torch.tensor([s * scale for s in CLIP_STD]).view(1, 3, 1, 1),
-            persistent=False,
-        )
+        self.register_buffer("pixel_mean", torch.empty(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.empty(1, 3, 1, 1), persistent=False)
+        self.reset_pixel_constants()
         self.freeze_backbone()
+
+    def reset_pixel_constants(self) -> None:
+        """CLIP's mean and std in uint8 units: (x / 255 - m) / s == (x - 255 m) / (255 s).
+
+        Not part of the state dict; a model materialised from the meta device calls this.
+        """
+        with torch.no_grad():
+            self.pixel_mean.copy_(torch.tensor([m * 255.0 for m in CLIP_MEAN]).view(1, 3, 1, 1))
+            self.pixel_std.copy_(torch.tensor([s * 255.0 for s in CLIP_STD]).view(1, 3, 1, 1))
 
     @property
     def arch(self) -> str:
@@ -132,10 +135,9 @@ class LNCLIPDetector(nn.Module):
 
     def preprocess(self, crops: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC RGB -> CLIP-normalised NCHW in the model's compute dtype."""
+        # Shapes are checked by the scorers; a check here would be frozen into traced exports.
         if crops.dtype != torch.uint8:
             raise TypeError(f"crops must be uint8, got {crops.dtype}")
-        if crops.dim() != 4 or crops.shape[-1] != 3:
-            raise ValueError(f"crops must be (N, H, W, 3), got {tuple(crops.shape)}")
         x = crops.permute(0, 3, 1, 2).to(torch.float32)
         x = (x - self.pixel_mean) / self.pixel_std
         return x.to(self.head.weight.dtype)
