@@ -49,6 +49,18 @@ class RedisSettings(Section):
     )
     reconnect_base_s: float = Field(0.2, gt=0, le=60, description="First reconnect delay.")
     reconnect_cap_s: float = Field(10.0, gt=0, le=600, description="Longest reconnect delay.")
+    socket_timeout_s: float = Field(
+        5.0, gt=0, le=300, description="Connect and command timeout; longer counts as an outage."
+    )
+
+    @model_validator(mode="after")
+    def _redis_cap_not_below_base(self) -> RedisSettings:
+        if self.reconnect_cap_s < self.reconnect_base_s:
+            raise ValueError(
+                f"reconnect_cap_s ({self.reconnect_cap_s}) must not be below "
+                f"reconnect_base_s ({self.reconnect_base_s})"
+            )
+        return self
 
 
 class IngestSettings(Section):

@@ -1,0 +1,637 @@
+"""The Redis publisher: live scores, stream state, lossless events, evidence, liveness.
+
+The analysis loop never waits on Redis. Its calls (``publish``, ``put_evidence``,
+``stream_online`` ...) only encode and enqueue; one writer task sends whatever is pending as a
+single pipeline per tick, so a busy second costs a few round trips, not thousands.
+
+While Redis is unreachable:
+
+- live scores are dropped and counted (Pub/Sub is at-most-once anyway);
+- events wait in a bounded outbox, in order; when it is full the oldest is dropped, counted and
+  logged as an error;
+- the writer reconnects with capped, jittered exponential backoff and then replays the outbox.
+
+Exactly once across reconnects: an event whose write was sent but not acknowledged is sent
+again, so a write must be idempotent. Each publisher numbers its events (1, 2, 3 ...) and writes
+them through a Lua script that, atomically, skips a number at or below the publisher's high-water
+mark, XADDs, moves the mark and PUBLISHes. Explicit stream entry ids would give the same
+guarantee for a single writer, but several workers append to the one events Stream: an entry id
+from one worker's counter or clock can fall below another's latest entry and be refused as if it
+were a duplicate, losing the event. Server-generated ids plus a per-publisher mark have no such
+failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from stream.config import RedisSettings
+from stream.redis_contract import SCHEMA_VERSION, Backoff, RedisKeys, connect, redact
+from stream.scoring import AlertEvent, ScoreResult
+
+log = logging.getLogger("dfstream.publish")
+
+SCORE_QUEUE_SIZE = 100_000
+"""Score messages waiting for the writer; beyond this the oldest are dropped (counted)."""
+EVIDENCE_PENDING = 256
+"""Evidence JPEGs waiting for Redis (the latest per alert); beyond this the oldest are dropped."""
+MAX_SCORES_PER_TICK = 4096
+MAX_EVENTS_PER_TICK = 256
+OUTBOX_MARK_TTL_S = 7 * 24 * 3600
+_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+# KEYS: events stream, this publisher's mark. ARGV: number, payload, maxlen, channel, mark TTL.
+# The channel copy gets the entry id, so a live listener can switch to XREAD without a gap.
+_WRITE_EVENT = """
+local done = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[1]) <= done then
+  return false
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[5])
+redis.call('PUBLISH', ARGV[4], '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
+return id
+"""
+
+# KEYS: service key. ARGV: our instance id. Deletes the liveness key only if it is ours.
+_RELEASE_SERVICE = """
+local value = redis.call('GET', KEYS[1])
+if value and cjson.decode(value)['instance'] == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass
+class PublisherStats:
+    connected: bool = False
+    scores_published: int = 0
+    scores_dropped: int = 0
+    """Dropped while Redis was unreachable, or because the writer fell behind."""
+    events_written: int = 0
+    events_deduplicated: int = 0
+    """Re-sent after an unacknowledged write and found already written."""
+    events_pending: int = 0
+    outbox_overflow: int = 0
+    """Events lost because the outbox was full; anything above 0 is an incident."""
+    evidence_written: int = 0
+    evidence_dropped: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    number: int
+    payload: bytes
+
+
+class Publisher:
+    """Publishes what the scorer produces to Redis; see the module docstring for guarantees.
+
+    Use ``await start()`` once, then call the non-blocking methods from the analysis loop (any
+    thread), and ``await close()`` at shutdown to write offline events and flush the outbox.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "dfstream:",
+        events_maxlen: int = 100_000,
+        outbox_size: int = 10_000,
+        evidence_ttl_s: int = 7 * 24 * 3600,
+        service_ttl_s: float = 10.0,
+        reconnect_base_s: float = 0.2,
+        reconnect_cap_s: float = 10.0,
+        socket_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        on_latency: Callable[[Sequence[float]], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.keys = RedisKeys(prefix)
+        self.instance = uuid.uuid4().hex[:16]
+        self.events_maxlen = events_maxlen
+        self.outbox_size = outbox_size
+        self.evidence_ttl_s = evidence_ttl_s
+        self.service_ttl_s = service_ttl_s
+        self.socket_timeout_s = socket_timeout_s
+        self._backoff = Backoff(reconnect_base_s, reconnect_cap_s)
+        self._clock = clock
+        self._on_latency = on_latency
+        self._stats = PublisherStats()
+
+        self._scores: deque[tuple[str, bytes, float]] = deque()
+        self._state: dict[str, dict[str, str | int | float]] = {}
+        self._outbox: deque[_Outgoing] = deque()
+        self._lock = threading.Lock()
+        self._evidence: OrderedDict[str, bytes] = OrderedDict()
+        self._epochs: dict[str, int] = {}
+        self._last_seq: dict[str, int] = {}
+        self._online: set[str] = set()
+        self._event_number = 0
+        self._scores_submitted = 0
+        self._scores_done = 0
+        self._last_overflow_log = -1e9
+
+        self._client: aioredis.Redis | None = None
+        self._write_event: Any = None
+        self._release_service: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._wake: asyncio.Event | None = None
+        self._progress: asyncio.Event | None = None
+        self._idle = False
+        self._service_due = 0.0
+        self._started_at = clock()
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings, url: str, **kwargs: Any) -> Publisher:
+        """A publisher configured from the ``redis`` section; ``url`` is the resolved URL (the
+        embedded server's when the section has none)."""
+        return cls(
+            url,
+            prefix=settings.prefix,
+            events_maxlen=settings.events_maxlen,
+            outbox_size=settings.outbox_size,
+            evidence_ttl_s=settings.evidence_ttl_s,
+            service_ttl_s=settings.service_ttl_s,
+            reconnect_base_s=settings.reconnect_base_s,
+            reconnect_cap_s=settings.reconnect_cap_s,
+            socket_timeout_s=settings.socket_timeout_s,
+            **kwargs,
+        )
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Start the writer. Returns at once: an unreachable Redis is an outage, not an error."""
+        if self._task is not None:
+            raise RuntimeError("publisher already started")
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="dfstream-publisher")
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """True once Redis has answered (for readiness checks and tests)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._stats.connected:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything submitted so far is written (or counted as dropped)."""
+        assert self._progress is not None, "start() the publisher first"
+        target_scores = self._scores_submitted
+        target_events = self._event_number
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                oldest = self._outbox[0].number if self._outbox else None
+            events_done = oldest is None or oldest > target_events
+            if events_done and self._scores_done >= target_scores and not self._evidence:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._progress.clear()
+            self._notify()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), min(remaining, 0.1))
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Write ``stream.offline`` for every online stream, flush the outbox, release the
+        liveness key. Events still unwritten after ``timeout_s`` are reported as lost."""
+        if self._task is None:
+            return
+        for stream in sorted(self._online):
+            self.stream_offline(stream, reason="shutdown")
+        flushed = await self.flush(timeout_s)
+        if flushed and self._client is not None and self._stats.connected:
+            with contextlib.suppress(RedisError, OSError):
+                await self._release_service(keys=[self.keys.service], args=[self.instance])
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        await self._disconnect()
+        if not flushed:
+            log.error(
+                "publisher closed with %d event(s) not written to %s: they are lost",
+                len(self._outbox), redact(self.url),
+            )
+
+    @property
+    def stats(self) -> PublisherStats:
+        with self._lock:
+            self._stats.events_pending = len(self._outbox)
+        return PublisherStats(**asdict(self._stats))
+
+    @property
+    def connected(self) -> bool:
+        return self._stats.connected
+
+    # ----------------------------------------------------------------- what the pipeline calls
+
+    def stream_online(self, stream: str, *, epoch: int, url: str | None = None) -> None:
+        """The stream is analysed by this process from now on, under fencing ``epoch``."""
+        self._epochs[stream] = epoch
+        self._online.add(stream)
+        self._service_due = 0.0  # the liveness value lists the streams: refresh it
+        self._queue_state(stream, {"status": "online", "epoch": epoch})
+        self._queue_event(self._stream_event("stream.online", stream, status="online", url=url))
+
+    def stream_offline(self, stream: str, *, reason: str) -> None:
+        """The stream is no longer analysed here (stopped, failed, moved, shutdown)."""
+        self._online.discard(stream)
+        self._service_due = 0.0
+        self._queue_state(stream, {"status": "offline"})
+        self._queue_event(
+            self._stream_event("stream.offline", stream, status="offline", reason=reason)
+        )
+
+    def stream_status(
+        self,
+        stream: str,
+        status: str,
+        *,
+        fps_in: float | None = None,
+        fps_analysed: float | None = None,
+        fps_dropped: float | None = None,
+    ) -> None:
+        """Source status (e.g. ``reconnecting``) and rates for the state hash."""
+        fields: dict[str, str | int | float] = {"status": status}
+        for name, value in (
+            ("fps_in", fps_in), ("fps_analysed", fps_analysed), ("fps_dropped", fps_dropped)
+        ):
+            if value is not None:
+                fields[name] = round(float(value), 3)
+        self._queue_state(stream, fields)
+
+    def publish(self, result: ScoreResult) -> None:
+        """One analysed frame: its live score message, the state hash and its events."""
+        stream = result.stream
+        epoch = self._epochs.get(stream, 0)
+        self._last_seq[stream] = result.seq
+        published_at = self._clock()
+        faces = [
+            {
+                "track": f.track,
+                "box": f.box,
+                "det_score": f.det_score,
+                "p_fake": f.p_fake,
+                "p_rolling": f.p_rolling,
+            }
+            for f in result.faces
+        ]
+        message = {
+            "v": SCHEMA_VERSION,
+            "stream": stream,
+            "seq": result.seq,
+            "epoch": epoch,
+            "pts": result.pts,
+            "captured_at": result.captured_at,
+            "published_at": published_at,
+            "faces": faces,
+            "p_stream": result.p_stream,
+            "state": result.state.value,
+            "alert": result.alert_id,
+            "config_version": result.config_version,
+        }
+        self._queue_state(
+            stream,
+            {
+                "seq": result.seq,
+                "epoch": epoch,
+                "pts": result.pts,
+                "captured_at": result.captured_at,
+                "published_at": published_at,
+                "p_stream": "" if result.p_stream is None else result.p_stream,
+                "state": result.state.value,
+                "alert": result.alert_id or "",
+                "config_version": result.config_version,
+                "faces": orjson.dumps(faces, option=_JSON_OPTS).decode(),
+            },
+        )
+        for event in result.events:
+            self._queue_event(self._alert_event(event, epoch))
+        if not self._stats.connected:
+            with self._lock:
+                self._stats.scores_dropped += 1
+            return
+        item = (self.keys.scores(stream), orjson.dumps(message, option=_JSON_OPTS),
+                time.perf_counter())
+        with self._lock:
+            if len(self._scores) >= SCORE_QUEUE_SIZE:
+                self._scores.popleft()
+                self._stats.scores_dropped += 1
+                self._scores_done += 1
+            self._scores_submitted += 1
+            self._scores.append(item)
+        self._notify()
+
+    def put_evidence(self, event_id: str, jpeg: bytes) -> None:
+        """The JPEG of an alert's peak crop (``ScoreResult.evidence``); the latest one wins."""
+        with self._lock:
+            self._evidence.pop(event_id, None)
+            self._evidence[event_id] = bytes(jpeg)
+            while len(self._evidence) > EVIDENCE_PENDING:
+                dropped, _ = self._evidence.popitem(last=False)
+                self._stats.evidence_dropped += 1
+                log.error("evidence for %s dropped: Redis has been unreachable too long", dropped)
+        self._notify()
+
+    # ----------------------------------------------------------------- encoding
+
+    def _alert_event(self, event: AlertEvent, epoch: int) -> dict[str, Any]:
+        payload = event.to_dict()
+        payload["v"] = SCHEMA_VERSION
+        payload["epoch"] = epoch
+        payload["evidence"] = self.keys.evidence(event.event_id)
+        return payload
+
+    def _stream_event(self, kind: str, stream: str, **extra: Any) -> dict[str, Any]:
+        now = self._clock()
+        return {
+            "v": SCHEMA_VERSION,
+            "type": kind,
+            "event_id": f"{stream}-{round(now * 1000)}-{kind.split('.')[1]}",
+            "stream": stream,
+            "seq": self._last_seq.get(stream, 0),
+            "epoch": self._epochs.get(stream, 0),
+            "at": now,
+            "start": now if kind == "stream.online" else None,
+            "end": now if kind == "stream.offline" else None,
+            "tracks": [],
+            "score": None,
+            "top_score": None,
+            "config_version": None,
+            "thresholds": None,
+            "evidence": None,
+            **extra,
+        }
+
+    def _queue_state(self, stream: str, fields: dict[str, str | int | float]) -> None:
+        fields["updated_at"] = self._clock()
+        with self._lock:
+            pending = self._state.get(stream)
+            if pending is None:
+                self._state[stream] = fields
+            else:
+                pending.update(fields)
+        self._notify()
+
+    def _queue_event(self, payload: dict[str, Any]) -> None:
+        data = orjson.dumps(payload, option=_JSON_OPTS)
+        with self._lock:
+            self._event_number += 1
+            if len(self._outbox) >= self.outbox_size:
+                lost = self._outbox.popleft()
+                self._stats.outbox_overflow += 1
+                self._log_overflow(lost)
+            self._outbox.append(_Outgoing(self._event_number, data))
+        self._notify()
+
+    def _log_overflow(self, lost: _Outgoing) -> None:
+        now = time.monotonic()
+        if now - self._last_overflow_log < 5.0:
+            return
+        self._last_overflow_log = now
+        log.error(
+            "EVENT OUTBOX FULL (%d events, Redis %s unreachable): dropping the oldest events; "
+            "%d lost so far, latest %s. Raise redis.outbox_size or restore Redis.",
+            self.outbox_size, redact(self.url), self._stats.outbox_overflow,
+            lost.payload[:120].decode(errors="replace"),
+        )
+
+    def _notify(self) -> None:
+        # Called from any thread; wakes the writer only when it sleeps. The writer marks itself
+        # idle before it re-checks for work, so no item can slip between the two.
+        if not self._idle or self._wake is None or self._loop is None:
+            return
+        self._idle = False
+        if threading.get_ident() == self._loop_thread:
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # ----------------------------------------------------------------- the writer
+
+    def _has_work(self) -> bool:
+        return bool(self._scores or self._state or self._outbox or self._evidence) or (
+            self._stats.connected and time.monotonic() >= self._service_due
+        )
+
+    async def _run(self) -> None:
+        assert self._wake is not None and self._progress is not None
+        while True:
+            if self._client is None:
+                try:
+                    await self._connect()
+                except (RedisError, OSError) as exc:
+                    await self._outage(exc)
+                    continue
+            try:
+                wrote = await self._write_tick()
+            except (RedisError, OSError) as exc:
+                await self._outage(exc)
+                continue
+            except Exception as exc:  # a bug must not stop publishing for good
+                log.exception("publisher tick failed")
+                await self._outage(exc)
+                continue
+            if wrote:
+                self._progress.set()
+                await asyncio.sleep(0)  # let the analysis loop run between ticks
+                continue
+            self._idle = True
+            self._wake.clear()
+            if self._has_work():
+                self._idle = False
+                continue
+            wait_s = max(0.0, self._service_due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_s)
+            self._idle = False
+
+    async def _connect(self) -> None:
+        client = connect(self.url, timeout_s=self.socket_timeout_s)
+        try:
+            await client.ping()
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client = client
+        self._write_event = client.register_script(_WRITE_EVENT)
+        self._release_service = client.register_script(_RELEASE_SERVICE)
+        if self._stats.last_error is not None:
+            self._stats.reconnects += 1
+            log.warning("Redis %s is back; replaying %d event(s)", redact(self.url),
+                        len(self._outbox))
+        self._stats.connected = True
+        self._service_due = 0.0
+        self._backoff.reset()
+
+    async def _outage(self, exc: BaseException) -> None:
+        was_connected = self._stats.connected
+        self._stats.connected = False
+        self._stats.last_error = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            dropped = len(self._scores)
+            self._scores.clear()
+            self._stats.scores_dropped += dropped
+            self._scores_done += dropped
+        await self._disconnect()
+        delay = self._backoff.next_delay()
+        kind = "refused the write" if isinstance(exc, ResponseError) else "unreachable"
+        if was_connected or self._backoff.attempt == 1:
+            log.error(
+                "Redis %s %s (%s): live scores are dropped, events kept in the outbox "
+                "(%d pending); retrying in %.1fs",
+                redact(self.url), kind, self._stats.last_error, len(self._outbox), delay,
+            )
+        assert self._progress is not None
+        self._progress.set()
+        await asyncio.sleep(delay)
+
+    async def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    async def _write_tick(self) -> bool:
+        """Send everything pending as one pipeline; False when there was nothing to send."""
+        client = self._client
+        assert client is not None
+        with self._lock:
+            events = [self._outbox[i] for i in range(min(len(self._outbox), MAX_EVENTS_PER_TICK))]
+            evidence = list(self._evidence.items())
+            states, self._state = self._state, {}
+            count = min(len(self._scores), MAX_SCORES_PER_TICK)
+            scores = [self._scores.popleft() for _ in range(count)]
+        renew = time.monotonic() >= self._service_due
+        if not (events or evidence or states or scores or renew):
+            return False
+
+        pipe = client.pipeline(transaction=False)
+        for event_id, jpeg in evidence:
+            pipe.set(self.keys.evidence(event_id), jpeg, ex=self.evidence_ttl_s)
+        mark = self.keys.outbox_mark(self.instance)
+        for item in events:
+            await self._write_event(
+                keys=[self.keys.events, mark],
+                args=[item.number, item.payload, self.events_maxlen, self.keys.events,
+                      OUTBOX_MARK_TTL_S],
+                client=pipe,
+            )
+        for stream, fields in states.items():
+            pipe.hset(self.keys.state(stream), mapping=fields)  # type: ignore[arg-type]
+        for channel, payload, _ in scores:
+            pipe.publish(channel, payload)
+        if renew:
+            pipe.set(self.keys.service, self._service_value(), ex=max(1, round(self.service_ttl_s)))
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            # Unknown whether any of it landed: state goes again (newer fields win), the events
+            # stay in the outbox (their writes are idempotent), the scores are lost.
+            with self._lock:
+                for stream, fields in states.items():
+                    self._state[stream] = {**fields, **self._state.get(stream, {})}
+                self._stats.scores_dropped += len(scores)
+                self._scores_done += len(scores)
+            raise
+        done = time.perf_counter()
+        failure = self._settle(evidence, events, replies)
+        with self._lock:
+            self._stats.scores_published += len(scores)
+            self._scores_done += len(scores)
+        if renew:
+            self._service_due = time.monotonic() + self.service_ttl_s / 3
+        if self._on_latency is not None and scores:
+            self._on_latency([done - submitted for _, _, submitted in scores])
+        if failure is not None:
+            raise failure
+        return True
+
+    def _settle(
+        self,
+        evidence: list[tuple[str, bytes]],
+        events: list[_Outgoing],
+        replies: list[Any],
+    ) -> Exception | None:
+        """Account for the replies; the first event write that failed, if any."""
+        evidence_replies = replies[: len(evidence)]
+        event_replies = replies[len(evidence) : len(evidence) + len(events)]
+        failure: Exception | None = None
+        with self._lock:
+            for (event_id, jpeg), reply in zip(evidence, evidence_replies, strict=True):
+                if isinstance(reply, Exception):
+                    log.error("evidence %s not written, dropped: %s", event_id, reply)
+                    self._stats.evidence_dropped += 1
+                else:
+                    self._stats.evidence_written += 1
+                if self._evidence.get(event_id) is jpeg:
+                    del self._evidence[event_id]
+            written = 0
+            for item, reply in zip(events, event_replies, strict=True):
+                if isinstance(reply, Exception):
+                    # Not a connection problem: e.g. the events key holds another type. Keep the
+                    # event and everything after it, in order, and retry after a backoff.
+                    failure = reply
+                    break
+                written = item.number
+                if reply is None:
+                    self._stats.events_deduplicated += 1
+                else:
+                    self._stats.events_written += 1
+            while self._outbox and self._outbox[0].number <= written:
+                self._outbox.popleft()
+        return failure
+
+    def _service_value(self) -> bytes:
+        return orjson.dumps(
+            {
+                "instance": self.instance,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "version": _package_version(),
+                "started_at": self._started_at,
+                "renewed_at": self._clock(),
+                "streams": sorted(self._online),
+            }
+        )
+
+
+def _package_version() -> str:
+    try:
+        return dist_version("dfstream")
+    except PackageNotFoundError:
+        return "unknown"

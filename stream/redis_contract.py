@@ -1,0 +1,123 @@
+"""The Redis contract's names (DESIGN §4, docs/redis.md) and how every component connects.
+
+One place spells each key and channel, so the publisher, the threshold store, ``dfstream
+watch`` and the API can never disagree about them. All names start with the configured prefix.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+SCHEMA_VERSION = 1
+"""``v`` of every published message; raised only for changes a subscriber must know about."""
+
+URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+class RedisUrlError(ValueError):
+    """A Redis URL that cannot be used."""
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    prefix: str = "dfstream:"
+
+    def scores(self, stream: str) -> str:
+        """Channel: one message per analysed frame of ``stream``."""
+        return f"{self.prefix}scores:{stream}"
+
+    def state(self, stream: str) -> str:
+        """Hash: the stream's latest scores and status."""
+        return f"{self.prefix}state:{stream}"
+
+    @property
+    def state_pattern(self) -> str:
+        return f"{self.prefix}state:*"
+
+    @property
+    def events(self) -> str:
+        """Stream and channel (same name): lifecycle and alert events."""
+        return f"{self.prefix}events"
+
+    def evidence(self, event_id: str) -> str:
+        """String with a TTL: the JPEG of the face crop at an alert's peak."""
+        return f"{self.prefix}evidence:{event_id}"
+
+    @property
+    def config(self) -> str:
+        """Hash: thresholds (default and per stream) and their ``version`` counter."""
+        return f"{self.prefix}config"
+
+    @property
+    def control(self) -> str:
+        """Channel: announces configuration changes."""
+        return f"{self.prefix}control"
+
+    @property
+    def service(self) -> str:
+        """String with a TTL: present while the service runs."""
+        return f"{self.prefix}service"
+
+    @property
+    def streams(self) -> str:
+        """Hash: the streams the service knows (field = stream id, value = JSON spec)."""
+        return f"{self.prefix}streams"
+
+    def outbox_mark(self, publisher: str) -> str:
+        """String: the last outbox number a publisher instance wrote (exactly-once events)."""
+        return f"{self.prefix}outbox:{publisher}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for logs and error messages."""
+    url = re.sub(r"(://[^:/@?]*:)[^@/?]*@", r"\1***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
+
+
+def check_url(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme not in URL_SCHEMES:
+        raise RedisUrlError(
+            f"Redis URL {redact(url)!r} must start with redis://, rediss:// (TLS) or unix://"
+        )
+    return url
+
+
+def connect(url: str, *, timeout_s: float = 5.0) -> aioredis.Redis:
+    """An asyncio client for ``url`` (AUTH, TLS and unix sockets as the URL says).
+
+    The library's own retries are off: every caller here has its own reconnect policy, and a
+    silent re-send of a pipeline is exactly what exactly-once event writing must control.
+    """
+    return aioredis.Redis.from_url(
+        check_url(url),
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+class Backoff:
+    """Reconnect delays: exponential from ``base_s`` up to ``cap_s``, with jitter so that many
+    clients cut off together do not come back together."""
+
+    def __init__(self, base_s: float, cap_s: float, rng: random.Random | None = None) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.attempt, 30))
+        self.attempt += 1
+        return ceiling * self._rng.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.attempt = 0
