@@ -1001,7 +1001,11 @@ def pull(name: str, progress: DownloadProgress | None = None) -> Path:
     if existing is not None:
         return existing
     if model.kind == "detector" and model.base is not None:
-        pull(model.base, progress)
+        try:
+            pull(model.base, progress)
+        except store.StoreError as exc:
+            steps = store.hub_manual_steps(model.weights, _import_command(model))
+            raise store.StoreError(f"{exc}\nThen, for {name}: {steps}") from None
 
     def reporter(label: str) -> store.ProgressCallback | None:
         if progress is None:

@@ -1,0 +1,357 @@
+"""``dfstream models pull|import|list|verify|info`` and ``dfstream bench scorer``.
+
+The store holds three kinds of things: plain artifacts with a published sha256 (e.g. the face
+detector weights, engines.store.ARTIFACTS), CLIP base towers, and detector bundles. These
+commands cover all three.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stream.cli import ConfigOption, bench_app, console, fail, models_app, settings_or_exit
+
+DEFAULT_DETECTORS = {"ViT-L-14": "gend-clip-l-14"}
+"""The published detector ``pull`` fetches by default, per architecture."""
+
+ArchOption = Annotated[
+    str, typer.Option("--arch", help="Architecture: ViT-L-14, ViT-B-16 or tiny.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _apply_store_settings(config: Path | None) -> None:
+    """The store honours DFSTREAM_HOME / DFSTREAM_WEIGHTS_DIR; the config may set them too."""
+    import os
+
+    settings = settings_or_exit(config)
+    if settings.home is not None:
+        os.environ["DFSTREAM_HOME"] = str(settings.home)
+    if settings.weights_dir is not None:
+        os.environ["DFSTREAM_WEIGHTS_DIR"] = str(settings.weights_dir)
+
+
+@models_app.command("info")
+def models_info(
+    arch: ArchOption = "ViT-L-14",
+    as_json: JsonOption = False,
+) -> None:
+    """Parameter counts of a detector architecture (no weights needed)."""
+    from engines.clip_detector import ARCHS, count_parameters
+
+    if arch not in ARCHS:
+        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
+    counts = asdict(count_parameters(arch))
+    counts["trainable_fraction"] = counts["trainable"] / counts["total"]
+    counts["bundle_bytes_approx"] = counts["trainable"] * 4
+    if as_json:
+        _echo_json(counts)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"LN-CLIP {arch}", show_header=False)
+    for key, value in counts.items():
+        shown = f"{value:.4%}" if key == "trainable_fraction" else (
+            f"{value:,}" if isinstance(value, int) else str(value)
+        )
+        table.add_row(key, shown)
+    console.print(table)
+
+
+def _list_rows() -> dict[str, list[dict[str, Any]]]:
+    from engines import store
+    from engines.checkpoints import installed_bases, installed_bundles
+
+    artifacts = [
+        {"name": row.name, "path": row.path, "installed": row.path is not None,
+         "description": store.ARTIFACTS[row.name].description}
+        for row in store.installed(check=False)
+    ]
+    bases = [
+        {"name": b.name, "arch": b.arch, "path": b.path, "sha256": b.sha256, "size": b.size}
+        for b in installed_bases()
+    ]
+    bundles = [
+        {"name": b.name, "arch": b.arch, "path": b.path, "size": b.size,
+         "base": b.base.id if b.base else None, "full": b.full,
+         "calibration": b.calibration.get("method"), "created_at": b.created_at,
+         "metrics": b.metrics}
+        for b in installed_bundles()
+    ]
+    present = {b["name"] for b in bases} | {b["name"] for b in bundles}
+    available = [
+        {"name": m.name, "kind": m.kind, "arch": m.arch, "installed": m.name in present,
+         "source": m.weights.url, "description": m.description}
+        for m in sorted(store.HUB_MODELS.values(), key=lambda m: m.name)
+    ]
+    return {"artifacts": artifacts, "bases": bases, "bundles": bundles, "pullable": available}
+
+
+@models_app.command("list")
+def models_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """What is installed (artifacts, base towers, detector bundles) and what can be pulled."""
+    _apply_store_settings(config)
+    rows = _list_rows()
+    if as_json:
+        _echo_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="model store")
+    for column in ("kind", "name", "arch", "status", "where / what"):
+        table.add_column(column)
+    for row in rows["artifacts"]:
+        table.add_row("artifact", row["name"], "", "installed" if row["installed"] else
+                      "[yellow]missing[/yellow]", str(row["path"] or row["description"]))
+    for row in rows["bases"]:
+        table.add_row("base", row["name"], row["arch"], "installed", str(row["path"]))
+    for row in rows["bundles"]:
+        what = f"over {row['base']}" if row["base"] else "full model"
+        table.add_row("bundle", row["name"], row["arch"], "installed",
+                      f"{what}; calibration {row['calibration']}; {row['path']}")
+    for row in rows["pullable"]:
+        if not row["installed"]:
+            table.add_row(row["kind"], row["name"], row["arch"], "[dim]pullable[/dim]",
+                          row["source"])
+    console.print(table)
+
+
+@models_app.command("verify")
+def models_verify(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Check every installed file against its sha256 (and each bundle against its base)."""
+    _apply_store_settings(config)
+    from engines import store
+    from engines.checkpoints import CheckpointError, verify_base, verify_bundle
+
+    checks: list[dict[str, Any]] = []
+    for row in store.installed(check=True):
+        if row.path is not None:
+            checks.append({"kind": "artifact", "name": row.name, "path": str(row.path),
+                           "ok": row.ok, "detail": row.detail})
+    for kind, subdir, verify in (("base", store.BASES_SUBDIR, verify_base),
+                                 ("bundle", store.BUNDLES_SUBDIR, verify_bundle)):
+        for path in store.store_files(subdir):
+            try:
+                checks.append({"kind": kind, "name": path.stem, "path": str(path), "ok": True,
+                               "detail": verify(path)})
+            except (CheckpointError, store.StoreError) as exc:
+                checks.append({"kind": kind, "name": path.stem, "path": str(path), "ok": False,
+                               "detail": str(exc)})
+    bad = [c for c in checks if not c["ok"]]
+    if as_json:
+        _echo_json({"ok": not bad, "checks": checks})
+    else:
+        for check in checks:
+            mark = "[green]ok[/green]" if check["ok"] else "[red]FAILED[/red]"
+            console.print(f"{mark} {check['kind']} {check['name']}: {check['detail']}")
+        if not checks:
+            console.print("nothing installed; see `dfstream models list`")
+    if bad:
+        raise typer.Exit(1)
+
+
+def _progress_bar() -> Any:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+@models_app.command("pull")
+def models_pull(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Models to fetch; default: what the configured service needs."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Download models (and convert CLIP weights into base towers and detector bundles)."""
+    _apply_store_settings(config)
+    from engines import checkpoints, store
+
+    settings = settings_or_exit(config)
+    if not names:
+        names = []
+        if settings.faces.detector in store.ARTIFACTS:
+            names.append(settings.faces.detector)
+        detector = settings.detector.bundle or DEFAULT_DETECTORS.get(settings.detector.arch)
+        if detector in store.HUB_MODELS:
+            names.append(detector)
+        elif settings.detector.arch in checkpoints.DEFAULT_BASES:
+            names.append(checkpoints.DEFAULT_BASES[settings.detector.arch])
+    unknown = [n for n in names if n not in store.ARTIFACTS and n not in store.HUB_MODELS]
+    if unknown:
+        known = sorted({*store.ARTIFACTS, *store.HUB_MODELS})
+        raise fail(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}", 2)
+    failed = False
+    with _progress_bar() as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(label: str, done: int, total: int | None) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done, total=total)
+
+        for name in names:
+            try:
+                if name in store.ARTIFACTS:
+                    path = store.pull(name, progress=_labelled(report, name))
+                else:
+                    path = checkpoints.pull(name, progress=report)
+                console.print(f"[green]{name}[/green]: {path}")
+            except (store.StoreError, checkpoints.CheckpointError) as exc:
+                failed = True
+                console.print(f"[red]error:[/red] {name}: {exc}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _labelled(report: Any, label: str) -> Any:
+    return lambda done, total: report(label, done, total)
+
+
+class ImportKind(StrEnum):
+    base = "base"
+    gend = "gend"
+    lightning = "lightning"
+    bundle = "bundle"
+    artifact = "artifact"
+
+
+@models_app.command("import")
+def models_import(
+    kind: Annotated[ImportKind, typer.Argument(help=(
+        "base: OpenAI CLIP weights (open_clip, OpenAI TorchScript or HF layout); "
+        "gend: GenD's HF safetensors; lightning: the LN-CLIP paper's model.ckpt; "
+        "bundle: a dfstream bundle; artifact: a file the store knows by name (e.g. RetinaFace)"
+    ))],
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The file.")],
+    name: Annotated[str | None, typer.Option(help="Store name (defaults by kind).")] = None,
+    arch: Annotated[str | None, typer.Option(help="Expected architecture (checked).")] = None,
+    base: Annotated[str | None, typer.Option(help="Base tower it was tuned from.")] = None,
+    full_model: Annotated[bool, typer.Option(
+        "--full-model", help="Keep the whole tower when the frozen weights differ from the base."
+    )] = False,
+    force: Annotated[bool, typer.Option(help="Replace an installed bundle of that name.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Import a file you have into the store (the offline path of `pull`)."""
+    _apply_store_settings(config)
+    import shutil
+
+    from engines import checkpoints, store
+
+    try:
+        if kind is ImportKind.artifact:
+            if name is None:
+                raise fail(f"name the artifact with --name ({', '.join(sorted(store.ARTIFACTS))})")
+            art = store.artifact(name)
+            store.verify_file(art, path)
+            target = store.home() / "models" / art.filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            console.print(f"[green]{name}[/green]: sha256 ok, installed at {target}")
+            return
+        if kind is ImportKind.base:
+            target = checkpoints.import_base(path, name=name, arch=arch,
+                                             source={"imported_from": str(path)})
+            console.print(f"[green]base[/green]: {target}")
+            return
+        source = {"imported_from": str(path)}
+        if kind is ImportKind.gend:
+            bundle = checkpoints.import_gend(path, base=base, full_model=full_model, source=source)
+            default = "gend-clip-l-14" if bundle.arch == "ViT-L-14" else f"gend-{bundle.arch}"
+        elif kind is ImportKind.lightning:
+            bundle = checkpoints.import_lightning(path, base=base, full_model=full_model,
+                                                  source=source)
+            default = "ln-clip-l-14" if bundle.arch == "ViT-L-14" else f"ln-clip-{bundle.arch}"
+        else:
+            bundle = checkpoints.import_bundle_file(path)
+            default = path.stem
+        if arch is not None and bundle.arch != arch:
+            raise fail(f"{path} holds a {bundle.arch} detector, not {arch}")
+        target = checkpoints.install_bundle(bundle, name or default, overwrite=force)
+    except (checkpoints.CheckpointError, store.StoreError) as exc:
+        raise fail(str(exc)) from None
+    kept = "whole tower" if bundle.base is None else f"LayerNorms + head over {bundle.base.id}"
+    console.print(f"[green]bundle[/green] {target.stem}: {bundle.arch}, {kept}, "
+                  f"{target.stat().st_size:,} bytes at {target}")
+
+
+@bench_app.command("scorer")
+def bench_scorer(
+    archs: Annotated[str, typer.Option(help="Comma-separated architectures.")] = (
+        "tiny,ViT-B-16,ViT-L-14"
+    ),
+    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    backends: Annotated[str | None, typer.Option(help=(
+        "Comma-separated backends; default: torch,onnxruntime on CPU, "
+        "torch,torch-compile,tensorrt on GPU."
+    ))] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
+    seconds: Annotated[float, typer.Option(min=0.0, help="Measuring time per point.")] = 2.0,
+    compile_mode: Annotated[str, typer.Option(help="torch.compile mode.")] = "reduce-overhead",
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Where ONNX exports and TensorRT engines are kept between runs (default: temp)."
+    )] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Crops/s of the crop scorer per backend and batch size, with same-run ratios."""
+    from engines.backends.bench import run_scorer_benchmark
+    from engines.clip_detector import ARCHS
+
+    arch_list = [a.strip() for a in archs.split(",") if a.strip()]
+    bad = [a for a in arch_list if a not in ARCHS]
+    if bad:
+        raise fail(f"unknown architecture(s) {bad}; known: {', '.join(ARCHS)}", 2)
+    try:
+        batch_list = [int(b) for b in batches.split(",") if b.strip()]
+    except ValueError:
+        raise fail(f"batches must be integers, got {batches!r}", 2) from None
+    if not batch_list or min(batch_list) < 1:
+        raise fail("batch sizes must be at least 1", 2)
+    report = run_scorer_benchmark(
+        archs=arch_list,
+        batches=batch_list,
+        device=device,
+        backends=[b.strip() for b in backends.split(",")] if backends else None,
+        seconds=seconds,
+        compile_mode=compile_mode,
+        cache_dir=cache_dir,
+        progress=lambda message: console.print(f"[dim]{message}[/dim]"),
+    )
+    if as_json:
+        _echo_json(report)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"crop scorer on {report['device']}")
+    for column in ("arch", "backend", "batch", "crops/s", "vs batch 1", "vs torch", "TFLOP/s"):
+        table.add_column(column)
+    for row in report["results"]:
+        if "skipped" in row:
+            table.add_row(row["arch"], row["backend"], "-", "skipped", "", "", "")
+            continue
+        table.add_row(row["arch"], row["backend"], str(row["batch"]), f"{row['crops_per_s']:.2f}",
+                      str(row.get("vs_batch_1", "")), str(row.get("vs_torch", "")),
+                      str(row["achieved_tflops"]))
+    console.print(table)
