@@ -131,7 +131,9 @@ class DetectorSettings(Section):
         "auto", description="Crop scorer backend."
     )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="Compute precision.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="Compute precision; 'auto': fp16 on a GPU, fp32 on the CPU."
+    )
     max_batch: int = Field(32, ge=1, le=1024, description="Largest crop batch per call.")
     allow_untrained: bool = Field(
         False, description="Run with random weights (loudly flagged) when no bundle is installed."
