@@ -608,7 +608,7 @@ class Publisher:
                     failure = reply
                     break
                 written = item.number
-                if reply is None:
+                if not reply:  # the script's false: already written before (nil or RESP3 false)
                     self._stats.events_deduplicated += 1
                 else:
                     self._stats.events_written += 1

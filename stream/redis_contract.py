@@ -121,3 +121,18 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def resolve_url(option: str | None, configured: str | None) -> str:
+    """The Redis URL a command should use: ``--redis-url`` (or its variable), else the config's.
+
+    The embedded server of ``dfstream serve``/``demo`` is private to that process, so a separate
+    command cannot fall back to it; it is told how to say where Redis is instead.
+    """
+    url = option or configured
+    if not url:
+        raise RedisUrlError(
+            "no Redis URL: pass --redis-url redis://HOST:6379/0 (or rediss://, unix://), or set "
+            "DFSTREAM_REDIS__URL, or redis.url in the config file"
+        )
+    return check_url(url)
