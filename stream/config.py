@@ -8,6 +8,7 @@ Nested fields are set from the environment with ``__``, e.g. ``DFSTREAM_REDIS__U
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -64,9 +65,12 @@ class RedisSettings(Section):
 
 
 class IngestSettings(Section):
+    """How streams are opened, read, sampled and retried (stream/sources/)."""
+
     allowed_schemes: list[str] = Field(
-        default_factory=lambda: ["rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "file"],
-        description="URL schemes a stream may use; 'file' also admits plain paths.",
+        default_factory=lambda: ["rtsp", "rtsps", "rtmp", "rtmps", "http", "https"],
+        description="URL schemes a stream may use. Add 'file' to read local files (it also "
+        "admits plain paths); concat, subfile, data and pipe stay refused unless added too.",
     )
     protocol_whitelist: list[str] = Field(
         default_factory=lambda: [
@@ -76,9 +80,30 @@ class IngestSettings(Section):
         description="FFmpeg protocol_whitelist. 'file' is only honoured for local file sources; "
         "concat, subfile, data and pipe are refused unless listed here.",
     )
+    formats: list[str] = Field(
+        default_factory=lambda: [
+            "mov", "mp4", "matroska", "webm", "mpegts", "flv", "live_flv", "rtsp", "hls",
+            "h264", "hevc", "avi", "ivf", "mpeg", "mjpeg", "yuv4mpegpipe", "aac", "mp3",
+        ],
+        min_length=1,
+        description="FFmpeg demuxers a stream may be read with (format_whitelist; aac and mp3 "
+        "for HLS audio renditions); anything else, such as garbage probed as some obscure "
+        "format, is refused.",
+    )
+    codecs: list[str] = Field(
+        default_factory=lambda: [
+            "h264", "hevc", "av1", "vp8", "vp9", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg",
+            "h263", "rawvideo",
+        ],
+        min_length=1,
+        description="Video codecs a stream may carry; others fail with a clear error.",
+    )
     rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP lower transport.")
     open_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout to open a stream.")
-    read_timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one read.")
+    read_timeout_s: float = Field(
+        10.0, gt=0, le=300,
+        description="Timeout of one read; for live HLS keep it above the segment duration.",
+    )
     reconnect_base_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
     reconnect_cap_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay.")
     watchdog_s: float = Field(
@@ -93,11 +118,40 @@ class IngestSettings(Section):
     max_pixels: int = Field(
         8192 * 8192, ge=64 * 64, le=16384 * 16384, description="Larger frames are refused."
     )
+    min_side: int = Field(16, ge=2, le=4096, description="Frames narrower or lower are refused.")
     decode_threads: int = Field(1, ge=0, le=64, description="FFmpeg decode threads; 0 = auto.")
     skip_nonref: bool = Field(
         True,
         description="Skip decoding non-reference frames when sampling far below the source rate.",
     )
+    skip_gop_tail: bool = Field(
+        True,
+        description="H.264/HEVC without B-frames: do not decode the frames after the last "
+        "sampled one of a GOP that a keyframe (IDR) closes; nothing kept depends on them.",
+    )
+    skip_min_ratio: float = Field(
+        2.0, ge=1.0, le=100.0,
+        description="Skipping starts only when the source rate is at least this many times "
+        "the analysis fps.",
+    )
+
+    @field_validator("allowed_schemes", "protocol_whitelist", "formats", "codecs")
+    @classmethod
+    def _plain_names(cls, names: list[str]) -> list[str]:
+        cleaned = [name.strip().lower() for name in names]
+        for name in cleaned:
+            if not re.fullmatch(r"[a-z][a-z0-9_+.-]*", name):
+                raise ValueError(f"{name!r} is not a plain lower-case name")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> IngestSettings:
+        if self.reconnect_cap_s < self.reconnect_base_s:
+            raise ValueError(
+                f"reconnect_cap_s ({self.reconnect_cap_s}) must not be below "
+                f"reconnect_base_s ({self.reconnect_base_s})"
+            )
+        return self
 
 
 class FaceSettings(Section):
