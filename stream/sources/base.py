@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 import cv2
 import numpy as np
 
+from stream.sources import convert
+
 if TYPE_CHECKING:
     import av
 
@@ -34,11 +36,18 @@ class DropCause(StrEnum):
     FPS_CAP = "fps_cap"
     """Over the analysis fps cap; never converted."""
     SKIPPED_NONREF = "skipped_nonref"
-    """A non-reference frame the decoder was told not to decode."""
+    """A non-reference frame the decoder was told not to decode (no other frame needs it)."""
+    SKIPPED_GOP_TAIL = "skipped_gop_tail"
+    """Not decoded: it came after the last sampled frame of a closed GOP, so nothing kept
+    depends on it (the next keyframe starts afresh)."""
 
 
 class Frame:
-    """One decoded picture of one stream, with lazy conversions."""
+    """One decoded picture of one stream, with lazy conversions.
+
+    Backed by the decoder's own picture (``av_frame``) or, for sources that already hold RGB
+    (WebRTC, tests), by an RGB array. Conversions are thread-safe and cached where reused.
+    """
 
     __slots__ = (
         "_av",
@@ -84,6 +93,7 @@ class Frame:
         """An RGB image whose longest side is at most ``max_side``, and its scale to full size.
 
         Multiply coordinates in the small image by ``1 / scale`` to get full-resolution pixels.
+        From the decoder's picture this is one swscale pass (scale and convert together).
         """
         with self._lock:
             cached = self._small.get(max_side)
@@ -100,31 +110,38 @@ class Frame:
                 )
             else:
                 assert self._av is not None
-                small = self._av.reformat(
-                    width=width, height=height, format="rgb24", interpolation="AREA"
-                ).to_ndarray()
+                small = (
+                    convert.full_rgb(self._av)
+                    if scale == 1.0
+                    else convert.scaled_rgb(self._av, width, height)
+                )
             result = (small, width / self.width)
             self._small[max_side] = result
             return result
 
     def region_rgb(self, x1: int, y1: int, x2: int, y2: int) -> tuple[np.ndarray, int, int]:
-        """Full-resolution RGB of a box clipped to the frame, and the clipped box's origin."""
+        """Full-resolution RGB of a box clipped to the frame, and the clipped box's origin.
+
+        Only the box's own samples are converted, so a face costs a face, not a frame.
+        """
         x1c, y1c = max(0, int(x1)), max(0, int(y1))
         x2c, y2c = min(self.width, int(x2)), min(self.height, int(y2))
         if x2c <= x1c or y2c <= y1c:
             raise ValueError(
                 f"box ({x1},{y1},{x2},{y2}) lies outside the {self.width}x{self.height} frame"
             )
-        if self._rgb is not None:
-            return self._rgb[y1c:y2c, x1c:x2c], x1c, y1c
-        return self.to_rgb()[y1c:y2c, x1c:x2c], x1c, y1c
+        rgb = self._rgb
+        if rgb is not None:
+            return rgb[y1c:y2c, x1c:x2c], x1c, y1c
+        assert self._av is not None
+        return convert.region_rgb(self._av, x1c, y1c, x2c, y2c), x1c, y1c
 
     def to_rgb(self) -> np.ndarray:
         """The whole picture as RGB (converted once, then kept)."""
         with self._lock:
             if self._rgb is None:
                 assert self._av is not None
-                self._rgb = self._av.to_ndarray(format="rgb24")
+                self._rgb = convert.full_rgb(self._av)
             return self._rgb
 
     def __repr__(self) -> str:
@@ -148,15 +165,25 @@ def check_rgb(image: np.ndarray) -> None:
 
 @dataclass
 class SourceStats:
-    """A snapshot of one source's health, for metrics, the API and Redis state."""
+    """A snapshot of one source's health, for metrics, the API and Redis state.
+
+    Frame counts follow one frame's way: ``frames_in`` arrive from the source; each is decoded
+    (``frames_decoded``) or skipped undecoded (``dropped`` skipped_*); a decoded frame is put in
+    the mailbox (``frames_delivered``) or dropped over the fps cap; a delivered frame is taken
+    by analysis (``frames_taken``) or superseded by a newer one.
+    """
 
     stream_id: str
     status: SourceStatus
     url: str
+    frames_in: int = 0
     frames_decoded: int = 0
     frames_delivered: int = 0
+    frames_taken: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    decode_errors: int = 0
     reconnects: int = 0
+    watchdog_trips: int = 0
     last_error: str | None = None
     next_retry_in_s: float | None = None
     fps_in: float = 0.0
@@ -164,9 +191,14 @@ class SourceStats:
     width: int = 0
     height: int = 0
     codec: str | None = None
+    skipping_nonref: bool = False
+    ended: bool = False
+    """A file source reached its end (status stopped)."""
 
 
 FrameCallback = Callable[[], None]
+"""Called by a source, from its reader thread, whenever a new frame lands in its mailbox: lets
+one analysis loop wait on many sources without polling. It must be quick and never block."""
 
 
 class FrameSource(Protocol):
