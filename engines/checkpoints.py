@@ -22,6 +22,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -291,8 +292,13 @@ def _check_tower(arch: str, tower: Mapping[str, torch.Tensor], what: str) -> Non
 class _Opaque:
     """Stands in for any non-tensor object of a foreign pickle; it runs no code of its own."""
 
+    origin = ""
+
     def __new__(cls, *args: Any, **kwargs: Any) -> _Opaque:
         return object.__new__(cls)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Opaque:
+        return _Opaque(*args)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args = args
@@ -332,7 +338,8 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        return type(name, (_Opaque,), {"__module__": f"opaque.{module}"})
+        return type(name, (_Opaque,), {"__module__": f"opaque.{module}",
+                                       "origin": f"{module}.{name}"})
 
 
 _tensor_only_pickle = SimpleNamespace(
@@ -364,7 +371,9 @@ def plain(value: Any) -> Any:
         if value.values:
             return [plain(v) for v in value.values]
         if len(value.args) == 1:
-            return plain(value.args[0])  # an Enum member: its value
+            return plain(value.args[0])  # an Enum member pickled by value
+        if value.origin == "builtins.getattr" and len(value.args) == 2:
+            return plain(value.args[1])  # an attribute (an Enum member pickled by name)
         if hasattr(value, "state"):
             return plain(value.state)
         return None
@@ -404,7 +413,9 @@ def read_checkpoint(path: Path) -> LoadedCheckpoint:
             return LoadedCheckpoint(load_file(path), dict(metadata), "safetensors")
         if _is_torchscript(path):
             # OpenAI's own CLIP files are TorchScript archives; loading one runs no Python.
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "jit is deprecated"
+                module = torch.jit.load(str(path), map_location="cpu")
             return LoadedCheckpoint(dict(module.state_dict()), {}, "torchscript")
         obj = _torch_load(path)
     except CheckpointError:
