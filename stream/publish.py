@@ -267,11 +267,19 @@ class Publisher:
         self._queue_state(stream, {"status": "online", "epoch": epoch})
         self._queue_event(self._stream_event("stream.online", stream, status="online", url=url))
 
-    def stream_offline(self, stream: str, *, reason: str) -> None:
-        """The stream is no longer analysed here (stopped, failed, moved, shutdown)."""
+    def stream_offline(
+        self, stream: str, *, reason: str, final_events: Sequence[AlertEvent] = ()
+    ) -> None:
+        """The stream is no longer analysed here (stopped, failed, moved, shutdown).
+
+        ``final_events`` are what ``StreamScoring.finish`` returned: the end of an open alert,
+        written before ``stream.offline``."""
+        epoch = self._epochs.get(stream, 0)
+        for event in final_events:
+            self._queue_event(self._alert_event(event, epoch))
         self._online.discard(stream)
         self._service_due = 0.0
-        self._queue_state(stream, {"status": "offline"})
+        self._queue_state(stream, {"status": "offline", "state": "clear", "alert": ""})
         self._queue_event(
             self._stream_event("stream.offline", stream, status="offline", reason=reason)
         )

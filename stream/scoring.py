@@ -99,6 +99,8 @@ class AlertEvent:
     peak: Peak | None
     thresholds: Thresholds
     config_version: int
+    reason: str | None = None
+    """``alert.end`` only: ``cleared`` (below exit for hold_s) or ``stream_ended``."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +119,7 @@ class AlertEvent:
             "peak": self.peak.to_dict() if self.peak else None,
             "thresholds": self.thresholds.model_dump(),
             "config_version": self.config_version,
+            "reason": self.reason,
         }
 
 
@@ -285,7 +288,8 @@ class StreamScoring:
             else:
                 alert.below_since = None
             if alert.below_since is not None and now - alert.below_since >= th.hold_s:
-                events.append(self._event("alert.end", alert, frame, end=alert.below_since))
+                events.append(self._event("alert.end", alert, frame, end=alert.below_since,
+                                          reason="cleared"))
                 self._alert = None
                 self._above_since = None
                 self._cooldown_until = now + th.cooldown_s
@@ -309,6 +313,21 @@ class StreamScoring:
             events=tuple(events),
             evidence=evidence,
         )
+
+    def finish(
+        self, *, seq: int, pts: float, captured_at: float, now: float
+    ) -> tuple[AlertEvent, ...]:
+        """The stream stops: end an open alert (``reason="stream_ended"``) and forget all tracks,
+        so that no subscriber is left with an alert that never ends."""
+        now = max(now, self._now)
+        self._tracks.clear()
+        self._above_since = None
+        alert, self._alert = self._alert, None
+        if alert is None:
+            return ()
+        frame = _Frame(seq, pts, captured_at, now, None)
+        end = alert.below_since if alert.below_since is not None else now
+        return (self._event("alert.end", alert, frame, end=end, reason="stream_ended"),)
 
     def _check(self, faces: Sequence[FaceScore]) -> None:
         seen: set[int] = set()
@@ -358,7 +377,12 @@ class StreamScoring:
         return rose or not alert.tracks <= alert.reported_tracks
 
     def _event(
-        self, kind: EventType, alert: _Alert, frame: _Frame, end: float | None = None
+        self,
+        kind: EventType,
+        alert: _Alert,
+        frame: _Frame,
+        end: float | None = None,
+        reason: str | None = None,
     ) -> AlertEvent:
         return AlertEvent(
             type=kind,
@@ -376,4 +400,5 @@ class StreamScoring:
             peak=alert.peak,
             thresholds=self.thresholds,
             config_version=self.config_version,
+            reason=reason,
         )

@@ -59,12 +59,13 @@ class EventFeed:
         return self._client is not None
 
     async def read(self, block_ms: int = 1000) -> list[StreamEvent]:
-        """The next events after ``last_id``, waiting up to ``block_ms`` for one. A lost
+        """The next events after ``last_id``, waiting up to ``block_ms`` (0: not at all). A lost
         connection is retried with backoff and gives an empty list meanwhile, never an error."""
         try:
             client = await self._connected()
             reply: Any = await client.xread(
-                {self.keys.events: self.last_id}, count=self.count, block=block_ms
+                {self.keys.events: self.last_id}, count=self.count,
+                block=block_ms if block_ms > 0 else None,
             )
         except (RedisError, OSError) as exc:
             await self._lost(exc)

@@ -156,6 +156,27 @@ async def test_scores_state_events_evidence_and_liveness(
     await client.aclose()
 
 
+async def test_stopping_a_stream_in_alert_ends_the_alert_first(
+    redis_url: str, started: list[Publisher]
+) -> None:
+    pub = await start(started, redis_url)
+    pub.stream_online("cam1", epoch=3)
+    scorer = StreamScoring("cam1", TH)
+    for seq in range(4):
+        pub.publish(frame(scorer, seq, 0.95))
+    final = scorer.finish(seq=4, pts=1.0, captured_at=1001.0, now=1.0)
+    pub.stream_offline("cam1", reason="removed", final_events=final)
+    assert await pub.flush(5)
+    stored = [e for _, e in entries(redis_url)]
+    assert [(e["type"], e.get("reason")) for e in stored] == [
+        ("stream.online", None), ("alert.start", None), ("alert.end", "stream_ended"),
+        ("stream.offline", "removed"),
+    ]
+    assert stored[2]["epoch"] == 3
+    state = redis.Redis.from_url(redis_url).hgetall("dfstream:state:cam1")
+    assert (state[b"status"], state[b"state"], state[b"alert"]) == (b"offline", b"clear", b"")
+
+
 async def test_subscriber_resumes_from_its_last_id_without_loss(
     redis_url: str, started: list[Publisher]
 ) -> None:

@@ -224,3 +224,19 @@ def test_bad_scores_are_refused_with_the_track_named(bad: float) -> None:
         scorer.update(seq=0, pts=0, captured_at=0, now=0, faces=faces((7, 0.5), (7, 0.6)))
     # The scorer is unharmed and goes on.
     assert scorer.update(seq=1, pts=0, captured_at=0, now=0, faces=faces((7, 0.5))).p_stream == 0.5
+
+
+def test_finish_ends_an_open_alert_and_forgets_the_tracks() -> None:
+    scorer = StreamScoring("cam1", SHARP)
+    results = run(scorer, one_track((6, 0.9), (2, 0.3)))
+    assert results[-1].state is AlertState.ALERT
+    (end,) = scorer.finish(seq=8, pts=2.0, captured_at=0.0, now=2.0)
+    assert (end.type, end.reason, end.end, end.event_id) == (
+        "alert.end", "stream_ended", 1.5, results[4].alert_id,
+    )
+    assert scorer.state is AlertState.CLEAR
+    assert scorer.finish(seq=8, pts=2.0, captured_at=0.0, now=2.0) == ()
+    again = run(scorer, one_track((1, 0.9)), first_seq=9)
+    assert again[0].p_stream == 0.9 and again[0].events == ()
+    assert events(results)[0][0] == "alert.start"
+    assert results[4].events[0].reason is None
