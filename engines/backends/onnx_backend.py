@@ -46,6 +46,8 @@ def export_onnx(model: LNCLIPDetector, path: Path, opset: int = OPSET) -> Path:
             # The TorchScript-based exporter is deprecated in favour of one that needs the
             # onnxscript package; it still exports these ops faithfully at opset 17.
             warnings.simplefilter("ignore", DeprecationWarning)
+            # MultiheadAttention's own shape checks, constant for fixed-size crops.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 model.eval(),
                 (dummy,),
