@@ -174,6 +174,26 @@ class FaceSettings(Section):
     track_min_hits: int = Field(2, ge=1, le=100, description="Hits before a track is confirmed.")
     track_max_age_s: float = Field(1.0, gt=0, le=60, description="Unmatched tracks expire after.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="Detector runtime; 'auto': torch on CUDA, ONNX Runtime on CPU (faster there, "
+        "see docs/benchmarks.md).",
+    )
+    max_batch: int = Field(32, ge=1, le=1024, description="Most frames per detector call.")
+    weights: Path | None = Field(
+        None,
+        description="An explicit RetinaFace weights file instead of the model store's "
+        "(its sha256 is logged; pin it with weights_sha256).",
+    )
+    weights_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$", description="Required sha256 of `weights`."
+    )
+
+    @model_validator(mode="after")
+    def _sha256_needs_weights(self) -> FaceSettings:
+        if self.weights_sha256 is not None and self.weights is None:
+            raise ValueError("weights_sha256 is set but weights (the file it checks) is not")
+        return self
 
 
 class DetectorSettings(Section):
