@@ -7,8 +7,8 @@ through torch's TorchScript-based ONNX exporter, which needs no extra package.
 
 from __future__ import annotations
 
-import io
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,13 +35,13 @@ def export_onnx(net: RetinaFace, path: Path | None = None) -> bytes:
     model = Uint8RetinaFace(net).eval()
     example = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
     per_prior = {0: "batch", 1: "priors"}
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own notice
+        exported = Path(tmp) / "retinaface.onnx"
         torch.onnx.export(
             model,
             (example,),
-            buffer,
+            exported,
             dynamo=False,
             input_names=[INPUT],
             output_names=list(OUTPUTS),
@@ -49,12 +49,13 @@ def export_onnx(net: RetinaFace, path: Path | None = None) -> bytes:
                           **{name: per_prior for name in OUTPUTS}},
             opset_version=OPSET,
         )
-    data = buffer.getvalue()
+        data = exported.read_bytes()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_suffix(".part")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        partial.write_bytes(data)
+        os.replace(partial, target)
     return data
 
 
