@@ -53,6 +53,8 @@ SCORE_QUEUE_SIZE = 100_000
 EVIDENCE_PENDING = 256
 """Evidence JPEGs waiting for Redis (the latest per alert); beyond this the oldest are dropped."""
 MAX_SCORES_PER_TICK = 4096
+SCORES_PER_SCRIPT = 256
+"""Score messages per PUBLISH script call; Redis runs one such call in well under a ms."""
 MAX_EVENTS_PER_TICK = 256
 OUTBOX_MARK_TTL_S = 7 * 24 * 3600
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
@@ -68,6 +70,15 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARG
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[5])
 redis.call('PUBLISH', ARGV[4], '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
 return id
+"""
+
+# ARGV: channel, message, channel, message ... One script call replaces a batch of PUBLISH
+# commands: a single reply instead of one per message, which is most of a client's cost.
+_PUBLISH_MANY = """
+for i = 1, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return #ARGV / 2
 """
 
 # KEYS: service key. ARGV: our instance id. Deletes the liveness key only if it is ours.
@@ -144,6 +155,8 @@ class Publisher:
 
         self._scores: deque[tuple[str, bytes, float]] = deque()
         self._state: dict[str, dict[str, str | int | float]] = {}
+        self._latest: dict[str, tuple[ScoreResult, int, float]] = {}
+        self._channels: dict[str, str] = {}
         self._outbox: deque[_Outgoing] = deque()
         self._lock = threading.Lock()
         self._evidence: OrderedDict[str, bytes] = OrderedDict()
@@ -157,6 +170,7 @@ class Publisher:
 
         self._client: aioredis.Redis | None = None
         self._write_event: Any = None
+        self._publish_many: Any = None
         self._release_service: Any = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -235,7 +249,8 @@ class Publisher:
         flushed = await self.flush(timeout_s)
         if flushed and self._client is not None and self._stats.connected:
             with contextlib.suppress(RedisError, OSError):
-                await self._release_service(keys=[self.keys.service], args=[self.instance])
+                async with asyncio.timeout(self.socket_timeout_s):
+                    await self._release_service(keys=[self.keys.service], args=[self.instance])
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -304,64 +319,46 @@ class Publisher:
 
     def publish(self, result: ScoreResult) -> None:
         """One analysed frame: its live score message, the state hash and its events."""
+        submitted = time.perf_counter()  # latency counts the encoding too
         stream = result.stream
         epoch = self._epochs.get(stream, 0)
-        self._last_seq[stream] = result.seq
         published_at = self._clock()
-        faces = [
-            {
-                "track": f.track,
-                "box": f.box,
-                "det_score": f.det_score,
-                "p_fake": f.p_fake,
-                "p_rolling": f.p_rolling,
-            }
-            for f in result.faces
-        ]
-        message = {
-            "v": SCHEMA_VERSION,
-            "stream": stream,
-            "seq": result.seq,
-            "epoch": epoch,
-            "pts": result.pts,
-            "captured_at": result.captured_at,
-            "published_at": published_at,
-            "faces": faces,
-            "p_stream": result.p_stream,
-            "state": result.state.value,
-            "alert": result.alert_id,
-            "config_version": result.config_version,
-        }
-        self._queue_state(
-            stream,
-            {
-                "seq": result.seq,
-                "epoch": epoch,
-                "pts": result.pts,
-                "captured_at": result.captured_at,
-                "published_at": published_at,
-                "p_stream": "" if result.p_stream is None else result.p_stream,
-                "state": result.state.value,
-                "alert": result.alert_id or "",
-                "config_version": result.config_version,
-                "faces": orjson.dumps(faces, option=_JSON_OPTS).decode(),
-            },
-        )
+        self._last_seq[stream] = result.seq
         for event in result.events:
             self._queue_event(self._alert_event(event, epoch))
-        if not self._stats.connected:
-            with self._lock:
-                self._stats.scores_dropped += 1
-            return
-        item = (self.keys.scores(stream), orjson.dumps(message, option=_JSON_OPTS),
-                time.perf_counter())
+        payload = None
+        if self._stats.connected:
+            payload = orjson.dumps(
+                {
+                    "v": SCHEMA_VERSION,
+                    "stream": stream,
+                    "seq": result.seq,
+                    "epoch": epoch,
+                    "pts": result.pts,
+                    "captured_at": result.captured_at,
+                    "published_at": published_at,
+                    "faces": _faces(result),
+                    "p_stream": result.p_stream,
+                    "state": result.state,
+                    "alert": result.alert_id,
+                    "config_version": result.config_version,
+                },
+                option=_JSON_OPTS,
+            )
+        channel = self._channels.get(stream) or self._channels.setdefault(
+            stream, self.keys.scores(stream)
+        )
         with self._lock:
-            if len(self._scores) >= SCORE_QUEUE_SIZE:
-                self._scores.popleft()
+            self._latest[stream] = (result, epoch, published_at)
+            if payload is None:
                 self._stats.scores_dropped += 1
-                self._scores_done += 1
-            self._scores_submitted += 1
-            self._scores.append(item)
+            else:
+                if len(self._scores) >= SCORE_QUEUE_SIZE:
+                    self._scores.popleft()
+                    self._stats.scores_dropped += 1
+                    self._scores_done += 1
+                self._scores_submitted += 1
+                self._scores.append((channel, payload, submitted))
         self._notify()
 
     def put_evidence(self, event_id: str, jpeg: bytes) -> None:
@@ -452,7 +449,8 @@ class Publisher:
     # ----------------------------------------------------------------- the writer
 
     def _has_work(self) -> bool:
-        return bool(self._scores or self._state or self._outbox or self._evidence) or (
+        pending = self._scores or self._latest or self._state or self._outbox or self._evidence
+        return bool(pending) or (
             self._stats.connected and time.monotonic() >= self._service_due
         )
 
@@ -489,14 +487,16 @@ class Publisher:
             self._idle = False
 
     async def _connect(self) -> None:
-        client = connect(self.url, timeout_s=self.socket_timeout_s)
+        client = connect(self.url, timeout_s=self.socket_timeout_s, per_reply_timeout=False)
         try:
-            await client.ping()
+            async with asyncio.timeout(self.socket_timeout_s):
+                await client.ping()
         except BaseException:
             await client.aclose()
             raise
         self._client = client
         self._write_event = client.register_script(_WRITE_EVENT)
+        self._publish_many = client.register_script(_PUBLISH_MANY)
         self._release_service = client.register_script(_RELEASE_SERVICE)
         if self._stats.last_error is not None:
             self._stats.reconnects += 1
@@ -542,11 +542,18 @@ class Publisher:
             events = [self._outbox[i] for i in range(min(len(self._outbox), MAX_EVENTS_PER_TICK))]
             evidence = list(self._evidence.items())
             states, self._state = self._state, {}
+            latest, self._latest = self._latest, {}
             count = min(len(self._scores), MAX_SCORES_PER_TICK)
             scores = [self._scores.popleft() for _ in range(count)]
         renew = time.monotonic() >= self._service_due
-        if not (events or evidence or states or scores or renew):
+        if not (events or evidence or states or latest or scores or renew):
             return False
+        state_writes: dict[str, dict[str, str | int | float]] = {}
+        for stream, (result, epoch, published_at) in latest.items():
+            state_writes[stream] = _state_fields(result, epoch, published_at)
+        for stream, fields in states.items():
+            # Status changes (online, offline, fps) win over the scores of the same tick.
+            state_writes.setdefault(stream, {}).update(fields)
 
         pipe = client.pipeline(transaction=False)
         for event_id, jpeg in evidence:
@@ -559,20 +566,27 @@ class Publisher:
                       OUTBOX_MARK_TTL_S],
                 client=pipe,
             )
-        for stream, fields in states.items():
+        for stream, fields in state_writes.items():
             pipe.hset(self.keys.state(stream), mapping=fields)  # type: ignore[arg-type]
-        for channel, payload, _ in scores:
-            pipe.publish(channel, payload)
+        for first in range(0, len(scores), SCORES_PER_SCRIPT):
+            args: list[str | bytes] = []
+            for channel, payload, _ in scores[first : first + SCORES_PER_SCRIPT]:
+                args += (channel, payload)
+            await self._publish_many(args=args, client=pipe)
         if renew:
             pipe.set(self.keys.service, self._service_value(), ex=max(1, round(self.service_ttl_s)))
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            # One deadline for the whole tick (the client has no per-reply timer, see connect).
+            async with asyncio.timeout(self.socket_timeout_s):
+                replies = await pipe.execute(raise_on_error=False)
         except BaseException:
             # Unknown whether any of it landed: state goes again (newer fields win), the events
             # stay in the outbox (their writes are idempotent), the scores are lost.
             with self._lock:
                 for stream, fields in states.items():
                     self._state[stream] = {**fields, **self._state.get(stream, {})}
+                for stream, entry in latest.items():
+                    self._latest.setdefault(stream, entry)
                 self._stats.scores_dropped += len(scores)
                 self._scores_done += len(scores)
             raise
@@ -636,6 +650,31 @@ class Publisher:
                 "streams": sorted(self._online),
             }
         )
+
+
+def _faces(result: ScoreResult) -> list[dict[str, Any]]:
+    # Plain dicts: orjson writes them about three times faster than the dataclasses.
+    return [
+        {"track": f.track, "box": f.box, "det_score": f.det_score, "p_fake": f.p_fake,
+         "p_rolling": f.p_rolling}
+        for f in result.faces
+    ]
+
+
+def _state_fields(result: ScoreResult, epoch: int, published_at: float) -> dict[str, Any]:
+    return {
+        "seq": result.seq,
+        "epoch": epoch,
+        "pts": result.pts,
+        "captured_at": result.captured_at,
+        "published_at": published_at,
+        "p_stream": "" if result.p_stream is None else result.p_stream,
+        "state": result.state.value,
+        "alert": result.alert_id or "",
+        "config_version": result.config_version,
+        "faces": orjson.dumps(_faces(result), option=_JSON_OPTS),
+        "updated_at": published_at,
+    }
 
 
 def _package_version() -> str:

@@ -90,15 +90,19 @@ def check_url(url: str) -> str:
     return url
 
 
-def connect(url: str, *, timeout_s: float = 5.0) -> aioredis.Redis:
+def connect(
+    url: str, *, timeout_s: float = 5.0, per_reply_timeout: bool = True
+) -> aioredis.Redis:
     """An asyncio client for ``url`` (AUTH, TLS and unix sockets as the URL says).
 
     The library's own retries are off: every caller here has its own reconnect policy, and a
     silent re-send of a pipeline is exactly what exactly-once event writing must control.
+    ``per_reply_timeout=False`` leaves only the connect timeout to the client, for a caller
+    that bounds a whole pipeline itself: a timer per reply costs as much as the reply.
     """
     return aioredis.Redis.from_url(
         check_url(url),
-        socket_timeout=timeout_s,
+        socket_timeout=timeout_s if per_reply_timeout else None,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
