@@ -14,6 +14,7 @@ back to the host per call.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -576,7 +577,9 @@ class RetinaFaceDetector(BatchedDetector):
         self.device = str(self._device)
         self.name = f"retinaface-{net.arch}" + ("-fp16" if half else "")
         self.weights = weights
-        model = Uint8RetinaFace(net).to(self._device)
+        # A copy: moving to a device or a memory format is in place, and the caller may build
+        # other detectors (another device, the ONNX export) from the same network.
+        model = Uint8RetinaFace(copy.deepcopy(net)).to(self._device)
         if half:
             model = model.half()
         if channels_last:
