@@ -280,7 +280,10 @@ class Publisher:
         self._online.add(stream)
         self._service_due = 0.0  # the liveness value lists the streams: refresh it
         self._queue_state(stream, {"status": "online", "epoch": epoch})
-        self._queue_event(self._stream_event("stream.online", stream, status="online", url=url))
+        shown_url = redact(url) if url is not None else None  # camera passwords stay out of Redis
+        self._queue_event(
+            self._stream_event("stream.online", stream, status="online", url=shown_url)
+        )
 
     def stream_offline(
         self, stream: str, *, reason: str, final_events: Sequence[AlertEvent] = ()
@@ -375,13 +378,16 @@ class Publisher:
     # ----------------------------------------------------------------- encoding
 
     def _alert_event(self, event: AlertEvent, epoch: int) -> dict[str, Any]:
-        payload = event.to_dict()
-        payload["v"] = SCHEMA_VERSION
-        payload["epoch"] = epoch
-        payload["evidence"] = self.keys.evidence(event.event_id)
-        return payload
+        return {
+            "v": SCHEMA_VERSION,
+            **event.to_dict(),
+            "epoch": epoch,
+            "evidence": self.keys.evidence(event.event_id),
+        }
 
     def _stream_event(self, kind: str, stream: str, **extra: Any) -> dict[str, Any]:
+        """Lifecycle events carry every key alert events do (null where meaningless), so that
+        a subscriber handles one schema."""
         now = self._clock()
         return {
             "v": SCHEMA_VERSION,
@@ -389,15 +395,19 @@ class Publisher:
             "event_id": f"{stream}-{round(now * 1000)}-{kind.split('.')[1]}",
             "stream": stream,
             "seq": self._last_seq.get(stream, 0),
-            "epoch": self._epochs.get(stream, 0),
+            "pts": None,
+            "captured_at": None,
             "at": now,
             "start": now if kind == "stream.online" else None,
             "end": now if kind == "stream.offline" else None,
-            "tracks": [],
             "score": None,
             "top_score": None,
-            "config_version": None,
+            "tracks": [],
+            "peak": None,
             "thresholds": None,
+            "config_version": None,
+            "reason": None,
+            "epoch": self._epochs.get(stream, 0),
             "evidence": None,
             **extra,
         }

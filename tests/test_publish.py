@@ -86,7 +86,7 @@ async def test_scores_state_events_evidence_and_liveness(
     pub = await start(started, redis_url)
     assert await pub.wait_connected(5)
 
-    pub.stream_online("cam1", epoch=7, url="rtsp://camera/1")
+    pub.stream_online("cam1", epoch=7, url="rtsp://admin:cam-pw@camera/1")
     scorer = StreamScoring("cam1", TH, config_version=2)
     trace = [0.2] * 2 + [0.95] * 6 + [0.1] * 6
     alert_events: list[AlertEvent] = []
@@ -121,7 +121,7 @@ async def test_scores_state_events_evidence_and_liveness(
     assert [e["type"] for _, e in stored] == ["stream.online", "alert.start", "alert.end"]
     assert [identity(e) for _, e in stored[1:]] == [identity(e) for e in alert_events]
     online, start_event, end_event = (e for _, e in stored)
-    assert online["url"] == "rtsp://camera/1" and online["epoch"] == 7
+    assert online["url"] == "rtsp://admin:***@camera/1" and online["epoch"] == 7
     for event in (start_event, end_event):
         assert event["epoch"] == 7 and event["v"] == 1 and event["config_version"] == 2
         assert event["thresholds"] == TH.model_dump()
