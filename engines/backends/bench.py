@@ -63,19 +63,48 @@ def gpu_matmul_tflops(device: str = "cuda", size: int = 8192, seconds: float = 2
     return 2 * size**3 * runs / elapsed / 1e12
 
 
-def measure(scorer: CropScorer, batch: int, size: int, seconds: float) -> dict[str, float]:
-    """crops/s of ``scorer`` at one batch size: warm-up call, then repeat for ``seconds``."""
-    crops = np.random.default_rng(batch).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    scorer.score(crops)
+def crops_for(batch: int, size: int) -> np.ndarray:
+    return np.random.default_rng(batch).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+
+
+def sample(scorer: CropScorer, crops: np.ndarray, seconds: float) -> tuple[float, int]:
+    """(crops/s, calls) of ``scorer`` on ``crops``, calling it for at least ``seconds``."""
     runs, start = 0, time.perf_counter()
     while runs < 1 or time.perf_counter() - start < seconds:
         scorer.score(crops)
         runs += 1
-    elapsed = time.perf_counter() - start
+    return runs * len(crops) / (time.perf_counter() - start), runs
+
+
+def measure_interleaved(
+    scorers: dict[str, CropScorer], batches: Sequence[int], size: int, seconds: float,
+    rounds: int,
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every (backend, batch) point sampled in ``rounds`` interleaved rounds; the median wins.
+
+    Interleaving puts each backend through the same bursts of load from other processes, so
+    their ratios hold even where the absolute numbers wander.
+    """
+    inputs = {batch: crops_for(batch, size) for batch in batches}
+    for scorer in scorers.values():
+        for batch in batches:
+            scorer.score(inputs[batch])  # warm-up: allocation, specialisation, compilation
+    samples: dict[tuple[str, int], list[float]] = {}
+    calls: dict[tuple[str, int], int] = {}
+    for _ in range(rounds):
+        for name, scorer in scorers.items():
+            for batch in batches:
+                rate, runs = sample(scorer, inputs[batch], seconds / rounds)
+                samples.setdefault((name, batch), []).append(rate)
+                calls[name, batch] = calls.get((name, batch), 0) + runs
     return {
-        "crops_per_s": round(runs * batch / elapsed, 3),
-        "ms_per_batch": round(1000 * elapsed / runs, 3),
-        "runs": runs,
+        key: {
+            "crops_per_s": round(float(np.median(rates)), 3),
+            "ms_per_batch": round(1000 * key[1] / float(np.median(rates)), 3),
+            "samples": [round(r, 3) for r in rates],
+            "calls": calls[key],
+        }
+        for key, rates in samples.items()
     }
 
 
@@ -132,6 +161,7 @@ def run_scorer_benchmark(
     compile_mode: str = "reduce-overhead",
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     """Measure the scorer backends; returns the JSON-able report."""
     from engines.backends import resolve_device
@@ -149,6 +179,8 @@ def run_scorer_benchmark(
         "device": device,
         "precision": "fp16" if on_gpu else "fp32",
         "seconds_per_point": seconds,
+        "rounds": rounds,
+        "statistic": "median over interleaved rounds",
         "machine": _machine(),
         "baseline": f"{baseline} ({'fp16 eager' if on_gpu else 'fp32'}) at the same batch size; "
         "vs_batch_1: the same backend at batch 1",
@@ -163,29 +195,29 @@ def run_scorer_benchmark(
         say(f"{arch}: building a random-weight detector")
         model = random_detector(arch)
         makers = _make_scorers(model, chosen, device, max(batches), compile_mode, cache, on_gpu)
+        scorers: dict[str, CropScorer] = {}
         for backend, make in makers:
+            say(f"{arch}: preparing {backend}")
             try:
-                scorer = make()
+                scorers[backend] = make()
             except (BackendUnavailable, ImportError) as exc:
                 report["results"].append({"arch": arch, "backend": backend, "skipped": str(exc)})
                 say(f"{arch} {backend}: skipped ({exc})")
-                continue
-            for batch in batches:
-                say(f"{arch} {backend} batch {batch}")
-                row: dict[str, Any] = {
-                    "arch": arch, "backend": backend, "batch": batch,
-                    "device": scorer.device, "precision": getattr(scorer, "precision", ""),
-                    **measure(scorer, batch, spec.image_size, seconds),
-                }
-                row["achieved_tflops"] = round(row["crops_per_s"] * flops / 1e12, 4)
-                if "matmul_ceiling_tflops" in report:
-                    row["fraction_of_ceiling"] = round(
-                        row["achieved_tflops"] / report["matmul_ceiling_tflops"], 4
-                    )
-                report["results"].append(row)
-            del scorer
-            gc.collect()
-        del model, makers
+        say(f"{arch}: measuring {', '.join(scorers)} at batch sizes {list(batches)}")
+        points = measure_interleaved(scorers, batches, spec.image_size, seconds, rounds)
+        for (backend, batch), point in points.items():
+            scorer = scorers[backend]
+            row: dict[str, Any] = {
+                "arch": arch, "backend": backend, "batch": batch, "device": scorer.device,
+                "precision": getattr(scorer, "precision", ""), **point,
+            }
+            row["achieved_tflops"] = round(row["crops_per_s"] * flops / 1e12, 4)
+            if "matmul_ceiling_tflops" in report:
+                row["fraction_of_ceiling"] = round(
+                    row["achieved_tflops"] / report["matmul_ceiling_tflops"], 4
+                )
+            report["results"].append(row)
+        del model, makers, scorers
         gc.collect()
         if on_gpu:
             torch.cuda.empty_cache()

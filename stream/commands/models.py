@@ -309,6 +309,9 @@ def bench_scorer(
     ))] = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
     seconds: Annotated[float, typer.Option(min=0.0, help="Measuring time per point.")] = 2.0,
+    rounds: Annotated[int, typer.Option(
+        min=1, help="Interleaved rounds per point; the median is reported."
+    )] = 3,
     compile_mode: Annotated[str, typer.Option(help="torch.compile mode.")] = "reduce-overhead",
     cache_dir: Annotated[Path | None, typer.Option(
         help="Where ONNX exports and TensorRT engines are kept between runs (default: temp)."
@@ -335,6 +338,7 @@ def bench_scorer(
         device=device,
         backends=[b.strip() for b in backends.split(",")] if backends else None,
         seconds=seconds,
+        rounds=rounds,
         compile_mode=compile_mode,
         cache_dir=cache_dir,
         progress=lambda message: console.print(f"[dim]{message}[/dim]"),
