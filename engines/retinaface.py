@@ -1,9 +1,10 @@
 """RetinaFace face detector (biubug6 weight layout), batched over images of any sizes.
 
-Images of one call are padded, never resized, to a common canvas whose sides are multiples of
-32: every feature map is then an exact power-of-two reduction of the input, so an image gives
-the same boxes alone or in a batch of larger ones. The padding holds the mean colour, which
-normalises to zero, like the convolutions' own zero padding.
+Images are padded, never resized, to a canvas whose sides are the next multiples of 32 (every
+feature map is then an exact power-of-two reduction of the input); the padding holds the mean
+colour, which normalises to zero. Images of one call are grouped by that canvas size and each
+group runs as one batch, so an image gives the same boxes alone or in any batch: a larger
+canvas would change what the network sees beyond the image's bottom and right edges.
 
 The network takes uint8 NHWC pixels and normalises them on the device (4x fewer bytes to copy
 than float32). RGB-to-BGR is folded into the first convolution and batch norms into their
@@ -500,8 +501,8 @@ RawOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 class BatchedDetector:
     """FaceDetector plumbing shared by the backends: validation, batching, post-processing.
 
-    Images are grouped by canvas size (similar sizes share a batch) in chunks of ``max_batch``.
-    A backend supplies ``_infer`` from a packed uint8 canvas to raw outputs.
+    Images are grouped by canvas size and run in chunks of at most ``max_batch``. A backend
+    supplies ``_infer`` from a packed uint8 canvas to raw outputs.
     """
 
     name: str
@@ -522,17 +523,19 @@ class BatchedDetector:
     def detect(self, images: Sequence[np.ndarray]) -> list[list[FaceDetection]]:
         """One list per image, highest score first, in that image's pixel coordinates."""
         checked = [check_image(img, i) for i, img in enumerate(images)]
-        order = sorted(range(len(checked)), key=lambda i: _canvas_of([checked[i].shape[:2]]))
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(checked):
+            groups.setdefault(_canvas_of([img.shape[:2]]), []).append(i)
         results: list[list[FaceDetection]] = [[] for _ in checked]
-        for start in range(0, len(order), self.max_batch):
-            chunk = order[start:start + self.max_batch]
-            group = [checked[i] for i in chunk]
-            sizes = [img.shape[:2] for img in group]
-            height, width = _canvas_of(sizes)
-            canvas = pack(group, self._canvas_buffer((len(group), height, width, 3)))
-            for i, faces in zip(chunk, postprocess(*self._infer(canvas), sizes, self.options),
-                                strict=True):
-                results[i] = faces
+        for (height, width), members in groups.items():
+            for start in range(0, len(members), self.max_batch):
+                chunk = members[start:start + self.max_batch]
+                group = [checked[i] for i in chunk]
+                sizes = [img.shape[:2] for img in group]
+                canvas = pack(group, self._canvas_buffer((len(group), height, width, 3)))
+                raw = self._infer(canvas)
+                for i, faces in zip(chunk, postprocess(*raw, sizes, self.options), strict=True):
+                    results[i] = faces
         return results
 
 
