@@ -63,7 +63,9 @@ def test_region_is_exact_in_every_decoder_format(
     full = Frame("s", 1, 0.0, 0.0, av_frame=picture).to_rgb()
     for x1, y1, x2, y2 in random_boxes(width, height, 25):
         region, _, _ = frame.region_rgb(x1, y1, x2, y2)
-        np.testing.assert_array_equal(region, full[y1:y2, x1:x2], err_msg=f"{pix_fmt} {x1,y1,x2,y2}")
+        np.testing.assert_array_equal(
+            region, full[y1:y2, x1:x2], err_msg=f"{pix_fmt} box {(x1, y1, x2, y2)}"
+        )
 
 
 def test_region_is_clipped_to_the_frame(decoded: list[av.VideoFrame]) -> None:
@@ -98,6 +100,7 @@ def test_rgb_backed_frame_gives_the_same_answers() -> None:
     rgb = compose_frame(320, 180, face_placement(0, 1, 320, 180))
     frame = Frame("s", 1, 0.5, 0.0, rgb=rgb)
     region, x0, y0 = frame.region_rgb(10, 20, 110, 90)
+    assert (x0, y0) == (10, 20)
     np.testing.assert_array_equal(region, rgb[20:90, 10:110])
     small, scale = frame.detection_image(160)
     assert small.shape == (90, 160, 3) and scale == 0.5

@@ -34,11 +34,10 @@ class NalUnits:
         self.length_size = _length_size(codec, extradata)
 
     def types(self, data: bytes) -> list[int]:
-        if data[:3] == b"\x00\x00\x01" or data[:4] == b"\x00\x00\x00\x01":
-            headers = _annexb_headers(data)
-        elif self.length_size:
-            headers = _prefixed_headers(data, self.length_size)
-        else:
+        # Length prefixes that tile the packet exactly mean MP4-style units; a length of
+        # 256..511 bytes also starts with 00 00 01, so start codes are only the fallback.
+        headers = _prefixed_headers(data, self.length_size) if self.length_size else None
+        if headers is None:
             headers = _annexb_headers(data)
         if self.codec == "h264":
             return [h & 0x1F for h in headers]
@@ -71,14 +70,16 @@ def _annexb_headers(data: bytes) -> list[int]:
     return headers
 
 
-def _prefixed_headers(data: bytes, length_size: int) -> list[int]:
+def _prefixed_headers(data: bytes, length_size: int) -> list[int] | None:
     headers = []
     at = 0
     while at + length_size < len(data):
         size = int.from_bytes(data[at : at + length_size], "big")
+        if size == 0:
+            return None
         headers.append(data[at + length_size])
         at += length_size + size
-    return headers
+    return headers if at == len(data) else None
 
 
 class DecodePlanner:

@@ -9,6 +9,7 @@ host is unreachable or refuses, an HTTP/RTSP error status, a timeout, the live s
 from __future__ import annotations
 
 import errno
+import re
 from typing import Any
 
 import av
@@ -24,6 +25,7 @@ _PERMANENT_FFMPEG = (
 )
 
 
+_FORMAT_REFUSED = re.compile(r"Format (?:\S+ )?not on whitelist '(?P<allowed>[^']*)'")
 _HTTP_ERRORS = (av.error.HTTPError, av.error.HTTPClientError, av.error.HTTPServerError)
 
 
@@ -42,6 +44,7 @@ def classify(
     local: bool,
     phase: str,
     timeout_s: float,
+    elapsed_s: float = 0.0,
     ffmpeg_log: str | None = None,
 ) -> SourceFailure:
     """Turn an exception from opening (``phase='open'``) or reading a stream into a failure.
@@ -52,12 +55,19 @@ def classify(
     if isinstance(exc, SourceFailure):
         return exc
     detail = _detail(exc, ffmpeg_log)
-    if isinstance(exc, av.error.ExitError):
-        # PyAV's interrupt callback fired: no data within the timeout.
+    timed_out = not local and elapsed_s >= 0.95 * timeout_s
+    if isinstance(exc, av.error.ExitError) or (
+        timed_out and isinstance(exc, av.error.InvalidDataError | OSError)
+    ):
+        # PyAV's interrupt callback fired (some demuxers report it as invalid data).
         what = "opening" if phase == "open" else "reading"
         return SourceFailure(
             f"timed out {what} the stream (no data for {timeout_s:g} s)", permanent=False
         )
+    if isinstance(exc, av.error.InvalidDataError) and phase == "open" and detail.endswith(
+        "processing input"
+    ):
+        detail += " (not a media format FFmpeg recognises)"
     if isinstance(exc, _HTTP_ERRORS):
         # The server is there and answers; a stream that is not published yet or a
         # misconfigured origin may be fixed on its side, so keep trying (with backoff).
@@ -87,16 +97,22 @@ def _log_message(exc: av.error.FFmpegError) -> str | None:
 
 
 def _detail(exc: BaseException, ffmpeg_log: str | None) -> str:
+    extra = ffmpeg_log
     if isinstance(exc, av.error.FFmpegError):
         message = exc.strerror or type(exc).__name__
-        extra = ffmpeg_log or _log_message(exc)
-    elif isinstance(exc, OSError):
-        message = exc.strerror or str(exc)
-        extra = ffmpeg_log
-        if exc.errno == errno.ENOENT and exc.filename:
-            message = f"{message}: {exc.filename}"
+        extra = extra or _log_message(exc)
     else:
-        message, extra = str(exc), ffmpeg_log
+        message = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+    if (
+        isinstance(exc, OSError)
+        and exc.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR)
+        and exc.filename
+    ):
+        message = f"{message}: {exc.filename}"
+    refused_format = _FORMAT_REFUSED.search(extra or "")
+    if refused_format:
+        allowed = refused_format["allowed"].replace(",", ", ")
+        return f"the input is not in an allowed container format (allowed: {allowed})"
     if extra and extra.lower() not in message.lower():
-        message = f"{message} ({extra.rstrip('.')})"
+        message = f"{message} ({extra.rstrip('.!')})"
     return redact(message)

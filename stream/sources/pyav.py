@@ -408,6 +408,7 @@ class PyAVSource:
     def _session(self, gen: int, target: SourceTarget) -> _End:
         """Open, read to the end; raises SourceFailure, returns how the session ended."""
         settings = self.settings
+        opened_at = time.monotonic()
         with av.logging.Capture(local=True) as logs:
             try:
                 container = av.open(
@@ -419,6 +420,7 @@ class PyAVSource:
             except Exception as exc:
                 raise classify(exc, local=target.local, phase="open",
                                timeout_s=settings.open_timeout_s,
+                               elapsed_s=time.monotonic() - opened_at,
                                ffmpeg_log=_last_error(logs)) from exc
             try:
                 return _Session(self, gen, container, logs).run()
@@ -683,7 +685,9 @@ def _frame_rate(stream: VideoStream) -> float | None:
 
 
 def _last_error(logs: list[tuple[int, str, str]]) -> str | None:
-    for level, _name, message in reversed(logs):
-        if level <= av.logging.ERROR and message.strip():
-            return redact(message.strip())
-    return None
+    """FFmpeg's own words for the failure: a whitelist refusal (the root cause when it
+    happens, whatever follows from it), else the last error logged."""
+    errors = [m.strip() for level, _, m in logs if level <= av.logging.ERROR and m.strip()]
+    refusals = [m for m in errors if "not on whitelist" in m]
+    chosen = refusals[0] if refusals else (errors[-1] if errors else None)
+    return redact(chosen) if chosen else None

@@ -10,41 +10,49 @@ class MediaClock:
     """Turns each session's raw pts into one strictly increasing timeline per stream.
 
     A reconnect or a loop restarts the source's own timestamps (often at zero); this clock
-    continues where the previous session ended, one frame interval later, so ``Frame.pts`` never
-    goes back. The first session keeps the source's own times (a file's pts is its position).
+    continues one frame interval after the latest time it has seen, so ``Frame.pts`` never goes
+    back. The first session keeps the source's own times (a file's pts is its position).
     """
 
     def __init__(self, frame_interval_s: float = 1 / 30) -> None:
         self.frame_interval_s = frame_interval_s
         self._offset: float | None = 0.0
-        self._last: float | None = None
+        self._last: float | None = None  # the latest time handed out
+        self._latest: float | None = None  # the latest time handed out or looked at
 
     def new_session(self, frame_interval_s: float | None = None) -> None:
         if frame_interval_s is not None and frame_interval_s > 0:
             self.frame_interval_s = frame_interval_s
-        if self._last is not None:
+        if self._latest is not None:
             self._offset = None  # fixed by the session's first timestamp
 
-    def peek(self, raw: float | None) -> float:
-        """The time ``raw`` would get, without moving the clock."""
-        return self._place(raw)[0]
+    def peek(self, raw: float) -> float:
+        """Where a packet's ``raw`` pts lies on the timeline (its frame may be decoded later,
+        or never); the clock is not moved."""
+        value = raw + self._anchor(raw)
+        self._latest = value if self._latest is None else max(self._latest, value)
+        return value
 
     def advance(self, raw: float | None) -> float:
         """The time of the next frame (raw pts in seconds, or None when the source has none)."""
-        value, self._offset = self._place(raw)
-        self._last = value
-        return value
-
-    def _place(self, raw: float | None) -> tuple[float, float | None]:
-        last = self._last
         step = self.frame_interval_s
         if raw is None:
-            return (0.0 if last is None else last + step), self._offset
-        offset = self._offset
-        if offset is None or (last is not None and raw + offset <= last):
-            # New session, or the source's clock jumped back: continue one frame later.
-            offset = (last + step - raw) if last is not None else 0.0
-        return raw + offset, offset
+            value = 0.0 if self._last is None else self._last + step
+        else:
+            value = raw + self._anchor(raw)
+            if self._last is not None and value <= self._last:
+                # The source's clock jumped back within a session: continue one frame later.
+                self._offset = self._last + step - raw
+                value = self._last + step
+        self._last = value
+        self._latest = value if self._latest is None else max(self._latest, value)
+        return value
+
+    def _anchor(self, raw: float) -> float:
+        if self._offset is None:
+            latest = self._latest
+            self._offset = 0.0 if latest is None else latest + self.frame_interval_s - raw
+        return self._offset
 
 
 class FpsCap:
@@ -82,6 +90,8 @@ class RealtimePacer:
     MAX_LAG_S = 1.0
     """Further behind than this (slow decode, a long pause) and the pacer starts afresh
     instead of rushing to catch up."""
+    MAX_LEAD_S = 5.0
+    """A frame due further ahead than this is a timestamp jump, not a pause to wait out."""
 
     def __init__(self) -> None:
         self._anchor: tuple[float, float] | None = None  # (wall clock, media time)
@@ -97,7 +107,7 @@ class RealtimePacer:
             return 0.0
         wall0, t0 = self._anchor
         delay = wall0 + (t - t0) - now
-        if delay < -self.MAX_LAG_S or t < t0:
+        if delay < -self.MAX_LAG_S or delay > self.MAX_LEAD_S or t < t0:
             self._anchor = (now, t)
             return 0.0
         return max(0.0, delay)
