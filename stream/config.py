@@ -53,6 +53,13 @@ class RedisSettings(Section):
     socket_timeout_s: float = Field(
         5.0, gt=0, le=300, description="Connect and command timeout; longer counts as an outage."
     )
+    state_interval_s: float = Field(
+        0.1,
+        ge=0,
+        le=60,
+        description="Least time between two writes of one stream's state hash; the latest "
+        "values are always written (live scores are published for every frame regardless).",
+    )
 
     @model_validator(mode="after")
     def _redis_cap_not_below_base(self) -> RedisSettings:

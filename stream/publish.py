@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -40,7 +41,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from stream.config import RedisSettings
 from stream.redis_contract import SCHEMA_VERSION, Backoff, RedisKeys, connect, redact
@@ -137,6 +138,7 @@ class Publisher:
         reconnect_base_s: float = 0.2,
         reconnect_cap_s: float = 10.0,
         socket_timeout_s: float = 5.0,
+        state_interval_s: float = 0.1,
         clock: Callable[[], float] = time.time,
         on_latency: Callable[[Sequence[float]], None] | None = None,
     ) -> None:
@@ -148,6 +150,7 @@ class Publisher:
         self.evidence_ttl_s = evidence_ttl_s
         self.service_ttl_s = service_ttl_s
         self.socket_timeout_s = socket_timeout_s
+        self.state_interval_s = state_interval_s
         self._backoff = Backoff(reconnect_base_s, reconnect_cap_s)
         self._clock = clock
         self._on_latency = on_latency
@@ -156,6 +159,8 @@ class Publisher:
         self._scores: deque[tuple[str, bytes, float]] = deque()
         self._state: dict[str, dict[str, str | int | float]] = {}
         self._latest: dict[str, tuple[ScoreResult, int, float]] = {}
+        self._state_written: dict[str, float] = {}
+        self._state_flush = False
         self._channels: dict[str, str] = {}
         self._outbox: deque[_Outgoing] = deque()
         self._lock = threading.Lock()
@@ -169,8 +174,7 @@ class Publisher:
         self._last_overflow_log = -1e9
 
         self._client: aioredis.Redis | None = None
-        self._write_event: Any = None
-        self._publish_many: Any = None
+        self._shas: dict[str, str] = {}
         self._release_service: Any = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -195,6 +199,7 @@ class Publisher:
             reconnect_base_s=settings.reconnect_base_s,
             reconnect_cap_s=settings.reconnect_cap_s,
             socket_timeout_s=settings.socket_timeout_s,
+            state_interval_s=settings.state_interval_s,
             **kwargs,
         )
 
@@ -229,11 +234,13 @@ class Publisher:
             with self._lock:
                 oldest = self._outbox[0].number if self._outbox else None
             events_done = oldest is None or oldest > target_events
-            if events_done and self._scores_done >= target_scores and not self._evidence:
+            scores_done = self._scores_done >= target_scores
+            if events_done and scores_done and not self._evidence and not self._latest:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
+            self._state_flush = True  # write pending state now, whatever its interval
             self._progress.clear()
             self._notify()
             with contextlib.suppress(TimeoutError):
@@ -459,9 +466,20 @@ class Publisher:
     # ----------------------------------------------------------------- the writer
 
     def _has_work(self) -> bool:
-        pending = self._scores or self._latest or self._state or self._outbox or self._evidence
+        pending = self._scores or self._state or self._outbox or self._evidence
+        now = time.monotonic()
         return bool(pending) or (
-            self._stats.connected and time.monotonic() >= self._service_due
+            self._stats.connected and (now >= self._service_due or now >= self._state_due())
+        )
+
+    def _state_due(self) -> float:
+        """When the earliest pending score state may be written (inf: none pending)."""
+        if self._state_flush and self._latest:
+            return 0.0
+        written = self._state_written
+        return min(
+            (written.get(stream, -math.inf) + self.state_interval_s for stream in self._latest),
+            default=math.inf,
         )
 
     async def _run(self) -> None:
@@ -491,7 +509,7 @@ class Publisher:
             if self._has_work():
                 self._idle = False
                 continue
-            wait_s = max(0.0, self._service_due - time.monotonic())
+            wait_s = max(0.0, min(self._service_due, self._state_due()) - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s)
             self._idle = False
@@ -505,8 +523,11 @@ class Publisher:
             await client.aclose()
             raise
         self._client = client
-        self._write_event = client.register_script(_WRITE_EVENT)
-        self._publish_many = client.register_script(_PUBLISH_MANY)
+        # Loaded once per connection and then called by sha: a pipeline holding registered
+        # scripts would ask SCRIPT EXISTS before every execute, a second round trip per tick.
+        async with asyncio.timeout(self.socket_timeout_s):
+            for name, source in (("write_event", _WRITE_EVENT), ("publish_many", _PUBLISH_MANY)):
+                self._shas[name] = _text(await client.script_load(source))
         self._release_service = client.register_script(_RELEASE_SERVICE)
         if self._stats.last_error is not None:
             self._stats.reconnects += 1
@@ -544,6 +565,20 @@ class Publisher:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
+    def _due_state(
+        self, states: dict[str, dict[str, str | int | float]]
+    ) -> dict[str, tuple[ScoreResult, int, float]]:
+        """Take the streams whose state hash is due: its interval has passed, a status change
+        goes with it, or a flush asked for everything. Call with the lock held."""
+        now = time.monotonic()
+        force, self._state_flush = self._state_flush, False
+        due: dict[str, tuple[ScoreResult, int, float]] = {}
+        for stream in list(self._latest):
+            last = self._state_written.get(stream, -math.inf)
+            if force or stream in states or now - last >= self.state_interval_s:
+                due[stream] = self._latest.pop(stream)
+        return due
+
     async def _write_tick(self) -> bool:
         """Send everything pending as one pipeline; False when there was nothing to send."""
         client = self._client
@@ -552,7 +587,7 @@ class Publisher:
             events = [self._outbox[i] for i in range(min(len(self._outbox), MAX_EVENTS_PER_TICK))]
             evidence = list(self._evidence.items())
             states, self._state = self._state, {}
-            latest, self._latest = self._latest, {}
+            latest = self._due_state(states)
             count = min(len(self._scores), MAX_SCORES_PER_TICK)
             scores = [self._scores.popleft() for _ in range(count)]
         renew = time.monotonic() >= self._service_due
@@ -569,20 +604,17 @@ class Publisher:
         for event_id, jpeg in evidence:
             pipe.set(self.keys.evidence(event_id), jpeg, ex=self.evidence_ttl_s)
         mark = self.keys.outbox_mark(self.instance)
+        write_event, publish_many = self._shas["write_event"], self._shas["publish_many"]
         for item in events:
-            await self._write_event(
-                keys=[self.keys.events, mark],
-                args=[item.number, item.payload, self.events_maxlen, self.keys.events,
-                      OUTBOX_MARK_TTL_S],
-                client=pipe,
-            )
+            pipe.evalsha(write_event, 2, self.keys.events, mark, item.number, item.payload,
+                         self.events_maxlen, self.keys.events, OUTBOX_MARK_TTL_S)
         for stream, fields in state_writes.items():
             pipe.hset(self.keys.state(stream), mapping=fields)  # type: ignore[arg-type]
         for first in range(0, len(scores), SCORES_PER_SCRIPT):
             args: list[str | bytes] = []
             for channel, payload, _ in scores[first : first + SCORES_PER_SCRIPT]:
                 args += (channel, payload)
-            await self._publish_many(args=args, client=pipe)
+            pipe.evalsha(publish_many, 0, *args)
         if renew:
             pipe.set(self.keys.service, self._service_value(), ex=max(1, round(self.service_ttl_s)))
         try:
@@ -601,6 +633,9 @@ class Publisher:
                 self._scores_done += len(scores)
             raise
         done = time.perf_counter()
+        written_at = time.monotonic()
+        for stream in latest:
+            self._state_written[stream] = written_at
         failure = self._settle(evidence, events, replies)
         with self._lock:
             self._stats.scores_published += len(scores)
@@ -609,8 +644,10 @@ class Publisher:
             self._service_due = time.monotonic() + self.service_ttl_s / 3
         if self._on_latency is not None and scores:
             self._on_latency([done - submitted for _, _, submitted in scores])
+        if failure is None:
+            failure = next((r for r in replies if isinstance(r, NoScriptError)), None)
         if failure is not None:
-            raise failure
+            raise failure  # NOSCRIPT (the server's scripts were flushed): reconnect reloads
         return True
 
     def _settle(
@@ -660,6 +697,10 @@ class Publisher:
                 "streams": sorted(self._online),
             }
         )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _faces(result: ScoreResult) -> list[dict[str, Any]]:
