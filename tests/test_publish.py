@@ -518,3 +518,50 @@ def test_log_lines_never_show_the_password(caplog: pytest.LogCaptureFixture) -> 
         "unix:///run/redis.sock?password=***&db=1"
     )
     assert redact("rediss://:hunter2@h/0") == "rediss://:***@h/0"
+
+
+async def test_state_hash_is_rate_limited_but_scores_are_not(
+    redis_url: str, started: list[Publisher]
+) -> None:
+    listener = aioredis.Redis.from_url(redis_url)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe("dfstream:scores:cam1")
+    pub = await start(started, redis_url, state_interval_s=60.0)
+    assert await pub.wait_connected(5)
+    scorer = StreamScoring("cam1", TH)
+    pub.publish(frame(scorer, 0, 0.3))
+    client = aioredis.Redis.from_url(redis_url)
+    for _ in range(100):
+        if await client.hget("dfstream:state:cam1", "seq") is not None:
+            break
+        await asyncio.sleep(0.02)
+    for seq in range(1, 5):
+        pub.publish(frame(scorer, seq, 0.3))
+    assert [m["seq"] for m in await read_channel(pubsub, 5)] == [0, 1, 2, 3, 4]
+    assert await client.hget("dfstream:state:cam1", "seq") == b"0"
+    assert await pub.flush(5)  # a flush writes the latest state at once
+    assert await client.hget("dfstream:state:cam1", "seq") == b"4"
+    await pubsub.aclose()
+    await listener.aclose()
+    await client.aclose()
+
+
+def test_bench_publish_command_reports_against_redis_benchmark() -> None:
+    from typer.testing import CliRunner
+
+    from stream.cli import app
+
+    out = CliRunner().invoke(app, [
+        "bench", "publish", "--json", "--messages", "5000", "--streams", "10",
+        "--latency-rate", "2000", "--latency-seconds", "0.3", "--reference-requests", "5000",
+    ])
+    assert out.exit_code == 0, out.output
+    result = orjson.loads(out.stdout)
+    assert result["messages_per_s"] > 0 and result["p99_ms"] > 0
+    assert result["throughput"]["dropped"] == 0 and result["throughput"]["flushed"]
+    assert result["redis_benchmark"]["unpipelined"]["publish_per_s"] > 0
+    assert result["ratio_vs_redis_benchmark"] == pytest.approx(
+        result["messages_per_s"] / result["redis_benchmark"]["unpipelined"]["publish_per_s"],
+        rel=0.01,
+    )
+    assert result["message_bytes"] > 200

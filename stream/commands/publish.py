@@ -21,6 +21,8 @@ def bench_publish(
                                                 "run.")] = 50_000,
     latency_seconds: Annotated[float, typer.Option(min=0.2, max=60, help="Length of each "
                                                    "latency run.")] = 2.0,
+    reference_requests: Annotated[int, typer.Option(min=1000, help="PUBLISH requests per "
+                                                    "redis-benchmark run.")] = 200_000,
     json_out: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
 ) -> None:
     """Score messages/s and p99 publish latency to a local redis-server, JSON encoding
@@ -29,7 +31,8 @@ def bench_publish(
     from stream.redis_server import RedisServerError
 
     cfg = BenchConfig(messages=messages, streams=streams, latency_rate=latency_rate,
-                      latency_seconds=latency_seconds)
+                      latency_seconds=latency_seconds,
+                      redis_benchmark_requests=reference_requests)
     try:
         result = run(cfg, progress=lambda step: console.print(f"[dim]bench publish:[/dim] {step}"))
     except (RedisServerError, RuntimeError) as exc:
