@@ -180,6 +180,14 @@ class FaceSettings(Section):
     track_iou: float = Field(0.3, gt=0, lt=1, description="IoU to continue a track.")
     track_min_hits: int = Field(2, ge=1, le=100, description="Hits before a track is confirmed.")
     track_max_age_s: float = Field(1.0, gt=0, le=60, description="Unmatched tracks expire after.")
+    track_max_speed: float = Field(
+        15.0,
+        ge=0,
+        le=1000,
+        description="Where IoU with a track's velocity-predicted box fails, a face of similar "
+        "size at most this many face sizes per second from the predicted centre continues the "
+        "track; 0 matches by IoU only.",
+    )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     backend: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto",

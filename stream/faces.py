@@ -120,6 +120,7 @@ class FaceStage:
             iou_threshold=self.settings.track_iou,
             min_hits=self.settings.track_min_hits,
             max_age_s=self.settings.track_max_age_s,
+            max_speed=self.settings.track_max_speed,
         )
 
     @classmethod
