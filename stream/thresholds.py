@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
 from stream.config import STREAM_ID_PATTERN, Thresholds
@@ -78,6 +78,27 @@ async def _contention_pause(attempt: int) -> None:
 class ThresholdError(ValueError):
     """A threshold change that was refused; nothing was written."""
 
+    def __init__(self, message: str, *, unknown_stream: bool = False) -> None:
+        super().__init__(message)
+        self.unknown_stream = unknown_stream
+        """The change named a stream the service does not know (HTTP: 404 rather than 422)."""
+
+
+class ThresholdUpdate(BaseModel):
+    """A partial change, as the HTTP API takes it: the fields given are changed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enter: float | None = Field(None, ge=0, le=1, description="Start an alert at or above.")
+    exit: float | None = Field(None, ge=0, le=1, description="End an alert below (<= enter).")
+    min_duration_s: float | None = Field(None, ge=0, le=3600, description="Time above enter.")
+    hold_s: float | None = Field(None, ge=0, le=3600, description="Time below exit to clear.")
+    cooldown_s: float | None = Field(None, ge=0, le=3600, description="Quiet time after alerts.")
+    window_s: float | None = Field(None, gt=0, le=600, description="Rolling window per track.")
+
+    def changes(self) -> dict[str, float]:
+        return self.model_dump(exclude_none=True)
+
 
 def describe(exc: ValidationError, where: str) -> str:
     problems = []
@@ -88,8 +109,10 @@ def describe(exc: ValidationError, where: str) -> str:
     return f"invalid thresholds for {where}: " + "; ".join(problems)
 
 
-def check_changes(changes: Mapping[str, Any]) -> dict[str, float]:
+def check_changes(changes: Mapping[str, Any] | ThresholdUpdate) -> dict[str, float]:
     """The requested fields as floats; unknown names and non-numbers are refused."""
+    if isinstance(changes, ThresholdUpdate):
+        changes = changes.changes()
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
         raise ThresholdError(f"unknown threshold field(s) {unknown}; known: {list(FIELDS)}")
@@ -203,7 +226,9 @@ class ThresholdStore:
         names = await self.client.hkeys(self.keys.streams)
         return sorted(_text(n) for n in names)
 
-    async def set(self, changes: Mapping[str, Any], stream: str | None = None) -> ThresholdBook:
+    async def set(
+        self, changes: Mapping[str, Any] | ThresholdUpdate, stream: str | None = None
+    ) -> ThresholdBook:
         """Change the default (``stream=None``) or one stream's override; returns the book as
         this change left it."""
         values = check_changes(changes)
@@ -234,7 +259,9 @@ class ThresholdStore:
         for attempt in range(COMMIT_ATTEMPTS):
             book = await self.get()
             if stream not in book.overrides:
-                raise ThresholdError(f"stream {stream!r} has no threshold override")
+                unknown = stream not in await self.known_streams()
+                what = "is not a known stream" if unknown else "has no threshold override"
+                raise ThresholdError(f"stream {stream!r} {what}", unknown_stream=unknown)
             version = await self._commit(book.version, OVERRIDE_PREFIX + stream, b"", stream)
             if version is not None:
                 overrides = {k: v for k, v in book.overrides.items() if k != stream}
@@ -262,7 +289,8 @@ class ThresholdStore:
         if _text(status) == "unknown":
             known = await self.known_streams()
             raise ThresholdError(
-                f"unknown stream {stream!r}; known streams: {', '.join(known) or 'none'}"
+                f"unknown stream {stream!r}; known streams: {', '.join(known) or 'none'}",
+                unknown_stream=True,
             )
         return int(new_version) if _text(status) == "ok" else None
 

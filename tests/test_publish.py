@@ -206,7 +206,6 @@ async def test_subscriber_resumes_from_its_last_id_without_loss(
     assert [s.id for s in seen] == [entry_id for entry_id, _ in entries(redis_url)]
 
 
-@pytest.mark.slow
 async def test_redis_restart_mid_run_every_event_once_in_order(
     tmp_path: Path, started: list[Publisher]
 ) -> None:

@@ -18,7 +18,12 @@ from stream.config import Thresholds
 from stream.publish import Publisher
 from stream.redis_server import free_tcp_port
 from stream.scoring import FaceScore, StreamScoring
-from stream.thresholds import ThresholdError, ThresholdListener, ThresholdStore
+from stream.thresholds import (
+    ThresholdError,
+    ThresholdListener,
+    ThresholdStore,
+    ThresholdUpdate,
+)
 
 BOX = (0.0, 0.0, 50.0, 50.0)
 
@@ -108,9 +113,24 @@ async def test_bad_values_are_refused_and_nothing_is_written(
     with pytest.raises(ThresholdError) as info:
         await store.set(changes, stream)
     assert message in str(info.value)
+    assert info.value.unknown_stream == (stream == "cam9")
     assert await snapshot(client) == before
     assert await next_message(pubsub, 0.2) is None
     await pubsub.aclose()
+
+
+async def test_partial_updates_as_the_http_api_takes_them(client: aioredis.Redis) -> None:
+    store = ThresholdStore(client)
+    update = ThresholdUpdate.model_validate({"hold_s": 3.5})
+    book = await store.set(update, stream="cam2")
+    assert book.overrides == {"cam2": {"hold_s": 3.5}}
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        ThresholdUpdate.model_validate({"enter": 2})
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        ThresholdUpdate.model_validate({"entr": 0.5})
+    with pytest.raises(ThresholdError) as info:
+        await store.reset("cam9")
+    assert info.value.unknown_stream and "is not a known stream" in str(info.value)
 
 
 async def test_a_default_that_would_break_an_override_is_refused(client: aioredis.Redis) -> None:

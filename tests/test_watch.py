@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import pytest
 import redis
 from rich.console import Console
 from typer.testing import CliRunner
@@ -77,7 +76,6 @@ async def test_view_shows_streams_states_scores_and_latest_events(redis_url: str
     await only.close()
 
 
-@pytest.mark.slow
 async def test_view_resumes_the_event_stream_after_a_lost_connection(tmp_path: Path) -> None:
     server = EmbeddedRedis(port=free_tcp_port(), persist_dir=tmp_path).start()
     try:
