@@ -123,6 +123,8 @@ def _machine() -> dict[str, Any]:
         pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     return info
 
 
@@ -223,6 +225,8 @@ def run_scorer_benchmark(
             torch.cuda.empty_cache()
         report.setdefault("gflops_per_crop", {})[arch] = round(flops / 1e9, 2)
     _add_ratios(report["results"], baseline)
+    if hasattr(os, "getloadavg"):
+        report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
 
