@@ -161,6 +161,8 @@ class Publisher:
         self._latest: dict[str, tuple[ScoreResult, int, float]] = {}
         self._state_written: dict[str, float] = {}
         self._state_flush = False
+        self._state_submitted = 0
+        self._state_done = 0
         self._channels: dict[str, str] = {}
         self._outbox: deque[_Outgoing] = deque()
         self._lock = threading.Lock()
@@ -229,13 +231,15 @@ class Publisher:
         assert self._progress is not None, "start() the publisher first"
         target_scores = self._scores_submitted
         target_events = self._event_number
+        target_state = self._state_submitted
         deadline = time.monotonic() + timeout_s
         while True:
             with self._lock:
                 oldest = self._outbox[0].number if self._outbox else None
             events_done = oldest is None or oldest > target_events
             scores_done = self._scores_done >= target_scores
-            if events_done and scores_done and not self._evidence and not self._latest:
+            state_done = self._state_done >= target_state
+            if events_done and scores_done and state_done and not self._evidence:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -360,6 +364,7 @@ class Publisher:
         )
         with self._lock:
             self._latest[stream] = (result, epoch, published_at)
+            self._state_submitted += 1
             if payload is None:
                 self._stats.scores_dropped += 1
             else:
@@ -567,9 +572,10 @@ class Publisher:
 
     def _due_state(
         self, states: dict[str, dict[str, str | int | float]]
-    ) -> dict[str, tuple[ScoreResult, int, float]]:
+    ) -> tuple[dict[str, tuple[ScoreResult, int, float]], int | None]:
         """Take the streams whose state hash is due: its interval has passed, a status change
-        goes with it, or a flush asked for everything. Call with the lock held."""
+        goes with it, or a flush asked for everything. Also the count of published frames the
+        write covers, when it leaves nothing pending. Call with the lock held."""
         now = time.monotonic()
         force, self._state_flush = self._state_flush, False
         due: dict[str, tuple[ScoreResult, int, float]] = {}
@@ -577,7 +583,7 @@ class Publisher:
             last = self._state_written.get(stream, -math.inf)
             if force or stream in states or now - last >= self.state_interval_s:
                 due[stream] = self._latest.pop(stream)
-        return due
+        return due, None if self._latest else self._state_submitted
 
     async def _write_tick(self) -> bool:
         """Send everything pending as one pipeline; False when there was nothing to send."""
@@ -587,7 +593,7 @@ class Publisher:
             events = [self._outbox[i] for i in range(min(len(self._outbox), MAX_EVENTS_PER_TICK))]
             evidence = list(self._evidence.items())
             states, self._state = self._state, {}
-            latest = self._due_state(states)
+            latest, state_covers = self._due_state(states)
             count = min(len(self._scores), MAX_SCORES_PER_TICK)
             scores = [self._scores.popleft() for _ in range(count)]
         renew = time.monotonic() >= self._service_due
@@ -636,6 +642,8 @@ class Publisher:
         written_at = time.monotonic()
         for stream in latest:
             self._state_written[stream] = written_at
+        if state_covers is not None:
+            self._state_done = max(self._state_done, state_covers)
         failure = self._settle(evidence, events, replies)
         with self._lock:
             self._stats.scores_published += len(scores)
