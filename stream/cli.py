@@ -70,6 +70,7 @@ def main() -> None:
 
 
 # Commands of each concern register themselves on the apps above.
+from stream.commands import demo  # noqa: E402,F401
 from stream.commands import faces  # noqa: E402,F401
 from stream.commands import ingest  # noqa: E402,F401
 from stream.commands import models  # noqa: E402,F401
