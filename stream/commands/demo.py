@@ -52,7 +52,11 @@ def _serve_rtsp(media: Path, port: int, timeout_s: float = 20.0) -> subprocess.P
 def _table(sources: list[Any], latencies: dict[str, list[float]], elapsed: float) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"dfstream demo: ingest, {elapsed:.0f} s (Ctrl-C to stop)")
+    table = Table(
+        title=f"dfstream demo: ingest, {elapsed:.0f} s (Ctrl-C to stop)",
+        caption="The sample RTSP server ends its stream with the file; the camera source "
+        "then reconnects, as it would to a real camera that went away.",
+    )
     for column in ("stream", "status", "size", "fps in", "fps out", "taken", "dropped",
                    "reconnects", "decoded→taken", "last error"):
         table.add_column(column, overflow="fold")
@@ -78,6 +82,8 @@ def demo(
         show_default=False)] = None,
     json_summary: Annotated[bool, typer.Option(
         "--json-summary", help="At the end, print a JSON summary on stdout.")] = False,
+    sample_seconds: Annotated[float, typer.Option(
+        min=2, max=600, help="Length of the generated sample video.")] = 12.0,
     config: ConfigOption = None,
 ) -> None:
     """Serve a generated face video over a local RTSP server and show frames flowing through
@@ -94,8 +100,8 @@ def demo(
         update={"allowed_schemes": sorted({*settings.ingest.allowed_schemes, "file"})}
     )
     with tempfile.TemporaryDirectory(prefix="dfstream-demo-") as tmp:
-        console.print("[dim]writing a 30 s sample video of a moving face...[/dim]")
-        media = write_face_video(Path(tmp) / "face.mp4", 640, 360, seconds=30.0, gop=30)
+        console.print(f"[dim]writing a {sample_seconds:g} s sample video of a moving face[/dim]")
+        media = write_face_video(Path(tmp) / "face.mp4", 640, 360, seconds=sample_seconds, gop=30)
         port = free_tcp_port()
         server = _serve_rtsp(media, port)
         url = f"rtsp://127.0.0.1:{port}/demo"
