@@ -170,7 +170,9 @@ class _Rendered:
             header.append("no service is running (liveness key absent)", style="bold red")
         return header
 
-    def _streams_table(self, wide: bool) -> Table:
+    def _streams_table(self, wide: bool) -> RenderableType:
+        if not self.view.states:
+            return Text("streams: no stream state in Redis yet", style="dim")
         table = Table(title="streams", title_justify="left",
                       caption="fps: in/analysed/dropped; cfg: thresholds version; age: since "
                       "the last update", caption_justify="left")
@@ -179,8 +181,6 @@ class _Rendered:
         for name in columns:
             table.add_column(name, no_wrap=True, justify="left" if name in (
                 "stream", "status", "state", "alert") else "right")
-        if not self.view.states:
-            table.add_row(Text("no stream state in Redis yet", style="dim"))
         for stream, s in sorted(self.view.states.items()):
             p_stream = _number(s.get("p_stream"))
             faces = json.loads(s["faces"]) if s.get("faces") else []
@@ -207,14 +207,14 @@ class _Rendered:
             table.add_row(*row)
         return table
 
-    def _events_table(self, wide: bool) -> Table:
+    def _events_table(self, wide: bool) -> RenderableType:
+        if not self.view.events:
+            return Text("latest events: none yet", style="dim")
         table = Table(title="latest events", title_justify="left")
         columns = ["time", "type", "stream", "score", "top", "tracks", "cfg"] + (
             ["event_id", "id"] if wide else [])
         for name in columns:
             table.add_column(name, no_wrap=True)
-        if not self.view.events:
-            table.add_row(Text("no events yet", style="dim"))
         for item in reversed(self.view.events):
             e = item.event
             at = e.get("at")
