@@ -82,6 +82,27 @@ def engine_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def _normalise_in_fp32(trt: Any, network: Any) -> None:
+    """LayerNorm after attention can overflow in fp16: let it accumulate in fp32, as torch does.
+
+    ``get_layer`` returns the base ILayer; the subclass's attributes need the downcast.
+    """
+    layer_class = getattr(trt, "INormalizationLayer", None)
+    changed = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer_class is None or layer.type != trt.LayerType.NORMALIZATION:
+            continue
+        layer.__class__ = layer_class
+        try:
+            layer.compute_precision = trt.float32
+            changed += 1
+        except (AttributeError, TypeError) as exc:
+            log.warning("TensorRT %s cannot keep LayerNorm in fp32: %s", trt.__version__, exc)
+            return
+    log.info("%d LayerNorm layers normalise in fp32", changed)
+
+
 def build_engine(
     onnx_path: Path,
     max_batch: int,
@@ -102,11 +123,7 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
-        # LayerNorm after attention can overflow in fp16: normalise in fp32, as torch does.
-        for index in range(network.num_layers):
-            layer = network.get_layer(index)
-            if layer.type == trt.LayerType.NORMALIZATION and hasattr(layer, "compute_precision"):
-                layer.compute_precision = trt.float32
+        _normalise_in_fp32(trt, network)
     shape = tuple(network.get_input(0).shape)[1:]
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, (1, *shape), (opt_batch, *shape), (max_batch, *shape))
