@@ -92,7 +92,14 @@ def ffmpeg_options(target: SourceTarget, settings: IngestSettings) -> dict[str, 
 
 
 class PyAVSource:
-    """A ``FrameSource`` reading one stream URL with PyAV; see the module docstring."""
+    """A ``FrameSource`` reading one stream URL with PyAV; see the module docstring.
+
+    ``realtime`` and ``loop`` concern local files: replayed as live (frames released on their
+    media time, superseded if analysis is slow) or read as fast as analysis takes them, losing
+    none; and started again at the end. Network streams are live by nature: an end of stream
+    there is a failure to retry. ``on_frame`` is called on the reader thread after each frame
+    lands in the mailbox.
+    """
 
     def __init__(
         self,
@@ -129,7 +136,7 @@ class PyAVSource:
         self._gen = 0
         self._started = False
         self._stopping = False
-        self._status = SourceStatus.CONNECTING
+        self._status = SourceStatus.STOPPED  # until started
         self._ever_opened = False
         self._last_error: str | None = None
         self._retry_at: float | None = None
