@@ -44,13 +44,20 @@ class DetectorUnavailable(RuntimeError):
 class DetectorConfig(Protocol):
     """What load_detector reads (stream.config.DetectorSettings has these fields)."""
 
-    arch: str
-    bundle: str | None
-    backend: str
-    device: str
-    precision: str
-    max_batch: int
-    allow_untrained: bool
+    @property
+    def arch(self) -> str: ...
+    @property
+    def bundle(self) -> str | None: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def allow_untrained(self) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,16 @@ def test_no_trained_detector_is_refused_unless_allowed() -> None:
     assert scorer.score(random_crops(2)).shape == (2, 2)
 
 
+def test_the_service_settings_section_is_what_load_detector_takes() -> None:
+    from stream.config import load_settings
+
+    settings = load_settings(None, detector={"arch": "tiny", "backend": "torch",
+                                             "device": "cpu", "allow_untrained": True})
+    scorer, info = load_detector(settings.detector)
+    assert (info.arch, info.trained, info.precision) == ("tiny", False, "fp32")
+    assert scorer.max_batch == settings.detector.max_batch
+
+
 def test_the_installed_bundle_is_found_and_described() -> None:
     base = install_base(hf_vision_model("tiny"))
     model = scaled(detector_from_state("tiny", {**base.tensors,
