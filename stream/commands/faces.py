@@ -289,6 +289,7 @@ def run_bench(
     seconds: float,
     rounds: int,
     weights: Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Frames/s of the detector per case (median of ``rounds`` interleaved rounds, so that
     machine noise falls on every case alike); ratios against torch batch 1 of the same size and
@@ -309,6 +310,8 @@ def run_bench(
     from engines.retinaface_onnx import OnnxRetinaFaceDetector, export_onnx
     from stream.samples import compose_frame, face_placement
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     net, info = load_network(arch, weights)
     options = DetectionOptions()
     images = {f"{w}x{h}": compose_frame(w, h, face_placement(0, 1, w, h)) for w, h in sizes}
@@ -321,7 +324,7 @@ def run_bench(
             backends: list[tuple[str, str, BatchedDetector]] = [
                 ("torch", "fp32", RetinaFaceDetector(net, device="cpu", options=options)),
                 ("onnxruntime", "fp32", OnnxRetinaFaceDetector(onnx_model, arch=arch,
-                                                               options=options)),
+                                                               options=options, threads=threads)),
             ]
             batches = cpu_batches
         else:
@@ -385,6 +388,7 @@ def run_bench(
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "onnxruntime_threads": threads or "default (one per core)",
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
     }
@@ -419,6 +423,9 @@ def bench_faces(
     weights: Annotated[Path | None, typer.Option(
         help="An explicit weights file instead of the model store's.", show_default=False)]
     = None,
+    threads: Annotated[int | None, typer.Option(
+        min=1, max=256, help="CPU threads for torch and ONNX Runtime (default: theirs).",
+        show_default=False)] = None,
 ) -> None:
     """Face detector frames/s: sizes x batch sizes x backends (torch, ONNX Runtime; fp32/fp16
     on a GPU), with ratios against torch batch 1 measured in the same run."""
@@ -440,7 +447,7 @@ def bench_faces(
         result = run_bench(
             arch=arch, sizes=_parse_sizes(sizes), cpu_batches=_parse_ints(batches),
             gpu_batches=_parse_ints(gpu_batches), devices=devices, seconds=seconds,
-            rounds=rounds, weights=weights,
+            rounds=rounds, weights=weights, threads=threads,
         )
     except StoreError as exc:
         raise fail(str(exc)) from None
