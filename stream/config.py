@@ -184,9 +184,9 @@ class FaceSettings(Section):
         15.0,
         ge=0,
         le=1000,
-        description="Where IoU with a track's velocity-predicted box fails, a face of similar "
-        "size at most this many face sizes per second from the predicted centre continues the "
-        "track; 0 matches by IoU only.",
+        description="Where IoU with a track's predicted or last box fails, a face of similar "
+        "size at most this many face sizes per second from either centre continues the track; "
+        "0 matches by IoU only.",
     )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     backend: Literal["auto", "torch", "onnxruntime"] = Field(
