@@ -93,7 +93,7 @@ class Frame:
         """An RGB image whose longest side is at most ``max_side``, and its scale to full size.
 
         Multiply coordinates in the small image by ``1 / scale`` to get full-resolution pixels.
-        From the decoder's picture this is one swscale pass (scale and convert together).
+        From the decoder's picture: an area downscale in YUV, then RGB of the small picture.
         """
         with self._lock:
             cached = self._small.get(max_side)
