@@ -289,12 +289,9 @@ class PyAVSource:
             if quiet < self._watchdog_s:
                 return
             self._watchdog_trips += 1
-            self._reconnects += 1
             self._session_open = False
             self._last_error = f"no video frame for {quiet:.1f} s (watchdog): reader restarted"
-            delay = self._backoff.next_delay()
-            self._status = SourceStatus.RECONNECTING
-            self._retry_at = now + delay
+            delay = self._schedule_retry(now)
             self._spawn_reader(delay)
         log.warning("stream %s stalled for %.1f s; reader restarted", self.stream_id, quiet)
 
@@ -379,15 +376,19 @@ class PyAVSource:
                     self._retry_at = None
                     log.warning("stream %s failed: %s", self.stream_id, failure.message)
                     return
-                now = time.monotonic()
-                if self._live_since is not None and now - self._live_since >= STABLE_AFTER_S:
-                    self._backoff.reset()
-                self._live_since = None
-                delay = self._backoff.next_delay()
-                self._reconnects += 1
-                self._status = SourceStatus.RECONNECTING
-                self._retry_at = now + delay
+                delay = self._schedule_retry(time.monotonic())
             log.info("stream %s: %s; retrying in %.2f s", self.stream_id, failure.message, delay)
+
+    def _schedule_retry(self, now: float) -> float:
+        # Called with _lock held, after a transient failure: the delay before the next try.
+        if self._live_since is not None and now - self._live_since >= STABLE_AFTER_S:
+            self._backoff.reset()
+        self._live_since = None
+        delay = self._backoff.next_delay()
+        self._reconnects += 1
+        self._status = SourceStatus.RECONNECTING
+        self._retry_at = now + delay
+        return delay
 
     def _sleep(self, gen: int, seconds: float) -> bool:
         """Wait ``seconds`` unless stopped or replaced; True if the reader should go on."""
@@ -401,16 +402,18 @@ class PyAVSource:
             self._wake.wait(min(remaining, 0.25))
 
     @contextmanager
-    def _waiting_on_purpose(self) -> Iterator[None]:
+    def _waiting_on_purpose(self, gen: int) -> Iterator[None]:
         # Pacing and a full lossless mailbox are not stalls: the watchdog looks away.
         with self._lock:
-            self._waiting = True
+            if gen == self._gen:
+                self._waiting = True
         try:
             yield
         finally:
             with self._lock:
-                self._waiting = False
-                self._last_progress = time.monotonic()
+                if gen == self._gen:
+                    self._waiting = False
+                    self._last_progress = time.monotonic()
 
     def _session(self, gen: int, target: SourceTarget) -> _End:
         """Open, read to the end; raises SourceFailure, returns how the session ended."""
@@ -643,11 +646,11 @@ class _Session:
         if self.paced:
             wait = source._pacer.wait_s(t)
             if wait > 0:
-                with source._waiting_on_purpose():
+                with source._waiting_on_purpose(self.gen):
                     if not source._sleep(self.gen, wait):
                         return False
         if self.lossless:
-            with source._waiting_on_purpose():
+            with source._waiting_on_purpose(self.gen):
                 if not source._mailbox.wait_free(lambda: not source._current(self.gen)):
                     return False
         with source._lock:
