@@ -86,11 +86,14 @@ class DecodePlanner:
     """Which packets of a display-ordered H.264/HEVC stream the decoder must see."""
 
     MAX_HELD = 600
-    """Without IDRs (intra refresh) packets are never skippable; hold at most this many."""
+    MAX_HELD_BYTES = 8 << 20
+    """Without IDRs (intra refresh) nothing is ever skippable: hold at most this much, then
+    decode what is held (memory per stream stays bounded)."""
 
     def __init__(self, nal: NalUnits) -> None:
         self._nal = nal
         self._held: list[av.Packet] = []
+        self._held_bytes = 0
         self.skipped = 0
 
     def plan(self, packet: av.Packet, sampled: bool) -> list[av.Packet]:
@@ -102,26 +105,27 @@ class DecodePlanner:
             carriers = [p for p in self._held if self._nal.has_parameter_sets(bytes(p))]
             self.skipped += len(self._held) - len(carriers)
             ready.extend(carriers)
-            self._held = []
+            self._held, self._held_bytes = [], 0
         if sampled:
             ready.extend(self._held)
             ready.append(packet)
-            self._held = []
+            self._held, self._held_bytes = [], 0
         else:
             self._held.append(packet)
-            if len(self._held) > self.MAX_HELD:
+            self._held_bytes += packet.size
+            if len(self._held) > self.MAX_HELD or self._held_bytes > self.MAX_HELD_BYTES:
                 ready.extend(self._held)
-                self._held = []
+                self._held, self._held_bytes = [], 0
         return ready
 
     def release(self) -> list[av.Packet]:
         """Give back every held packet, to be decoded (the stream turned out to reorder)."""
-        held, self._held = self._held, []
+        held, self._held, self._held_bytes = self._held, [], 0
         return held
 
     def end(self) -> int:
         """At the end of the input nothing needs the held packets: skip them; returns count."""
         count = len(self._held)
         self.skipped += count
-        self._held = []
+        self._held, self._held_bytes = [], 0
         return count
