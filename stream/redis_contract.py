@@ -70,6 +70,10 @@ class RedisKeys:
         """Hash: the streams the service knows (field = stream id, value = JSON spec)."""
         return f"{self.prefix}streams"
 
+    def epoch(self, stream: str) -> str:
+        """Counter: the fencing epoch, incremented each time a process takes the stream on."""
+        return f"{self.prefix}epoch:{stream}"
+
     def outbox_mark(self, publisher: str) -> str:
         """String: the last outbox number a publisher instance wrote (exactly-once events)."""
         return f"{self.prefix}outbox:{publisher}"

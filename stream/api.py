@@ -1,0 +1,273 @@
+"""The HTTP API: streams, thresholds, health, metrics, the dashboard and its live feed.
+
+The app is built around a running ``Service``; it never touches frames itself. Auth is a bearer
+token (header, or a cookie set by opening the dashboard with ``?token=``) on every route but
+``/healthz`` and ``/readyz``; request bodies are capped before they are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stream.config import STREAM_ID_PATTERN, StreamSpec
+from stream.thresholds import ThresholdError, ThresholdUpdate
+
+if TYPE_CHECKING:
+    from stream.service import Service
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+TOKEN_COOKIE = "dfstream_token"
+LIVE_MAX_HZ_PER_STREAM = 4.0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BodyLimit:
+    """Refuse request bodies above ``limit`` bytes, declared or streamed, with 413."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except BodyTooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body over {self.limit} bytes"}).encode()
+        await send({
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        })
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class StreamIn(BaseModel):
+    """A stream to add: its id (used in Redis keys) and its URL."""
+
+    id: str = Field(..., pattern=STREAM_ID_PATTERN)
+    url: str = Field(..., min_length=1, max_length=4096)
+    analysis_fps: float | None = Field(None, gt=0, le=240)
+    watchdog_s: float | None = Field(None, gt=0, le=3600)
+    realtime: bool = True
+    loop: bool = False
+
+
+def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
+    """The app over ``service``; with ``manage_service`` it starts and closes the service with
+    the server (so SIGTERM to the server is a graceful shutdown of everything)."""
+    settings = service.settings
+    token = settings.api.token
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_service:
+            await service.start()
+        try:
+            yield
+        finally:
+            if manage_service:
+                await service.close()
+
+    app = FastAPI(
+        title="dfstream",
+        version=service.version,
+        summary="Streaming deepfake detection: streams, thresholds, health and metrics.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, limit=settings.api.max_body_bytes)
+
+    @app.middleware("http")
+    async def bearer_auth(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if token is None or request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        supplied = request.cookies.get(TOKEN_COOKIE)
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            supplied = header[7:].strip()
+        if request.url.path == "/" and request.query_params.get("token"):
+            supplied = request.query_params["token"]
+        if supplied is None or not hmac.compare_digest(supplied, token):
+            return JSONResponse(
+                {"detail": "missing or wrong bearer token"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await call_next(request)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up and serving requests."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """Engines loaded and warmed up, Redis reachable."""
+        checks = await service.readiness()
+        ready = all(ok for ok, _ in checks.values())
+        body = {
+            "ready": ready,
+            "checks": {name: {"ok": ok, "detail": detail} for name, (ok, detail) in checks.items()},
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/info", tags=["service"])
+    async def info() -> dict[str, Any]:
+        """Version, detector (trained or not, calibration), face detector and Redis prefix."""
+        return service.info()
+
+    @app.get("/api/streams", tags=["streams"])
+    async def list_streams() -> list[dict[str, Any]]:
+        return service.list_streams()
+
+    @app.post("/api/streams", status_code=201, tags=["streams"])
+    async def add_stream(body: StreamIn) -> dict[str, Any]:
+        """Start analysing a stream. The URL must use an allowed scheme."""
+        try:
+            spec = StreamSpec(**body.model_dump())
+            return await service.add_stream(spec)
+        except ValidationError as exc:
+            raise HTTPException(422, detail=exc.errors(include_url=False)) from None
+        except KeyError as exc:
+            raise HTTPException(409, detail=str(exc.args[0])) from None
+        except ValueError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+
+    @app.get("/api/streams/{stream_id}", tags=["streams"])
+    async def get_stream(stream_id: str) -> dict[str, Any]:
+        found = service.get_stream(stream_id)
+        if found is None:
+            raise HTTPException(404, detail=f"no stream {stream_id!r}")
+        return found
+
+    @app.delete("/api/streams/{stream_id}", status_code=204, tags=["streams"])
+    async def remove_stream(stream_id: str) -> Response:
+        if not await service.remove_stream(stream_id):
+            raise HTTPException(404, detail=f"no stream {stream_id!r}")
+        return Response(status_code=204)
+
+    @app.get("/api/thresholds", tags=["thresholds"])
+    async def get_thresholds(stream: str | None = None) -> dict[str, Any]:
+        """The thresholds in force (per-stream overrides over the defaults) and their version."""
+        try:
+            return await service.get_thresholds(stream)
+        except ThresholdError as exc:
+            raise HTTPException(404 if exc.unknown_stream else 422, detail=str(exc)) from None
+
+    @app.put("/api/thresholds", tags=["thresholds"])
+    async def set_thresholds(update: ThresholdUpdate, stream: str | None = None) -> dict[str, Any]:
+        """Change thresholds live; running scorers apply them at their next frame."""
+        try:
+            return await service.set_thresholds(update, stream)
+        except ThresholdError as exc:
+            raise HTTPException(404 if exc.unknown_stream else 422, detail=str(exc)) from None
+
+    @app.get("/api/events", tags=["events"])
+    async def recent_events(
+        count: int = Query(50, ge=1, le=1000), stream: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The latest events, newest first (the durable Redis Stream, not the live channel)."""
+        return await service.recent_events(count, stream)
+
+    @app.get("/api/evidence/{event_id}", tags=["events"])
+    async def evidence(event_id: str) -> Response:
+        """The JPEG of the face crop at an alert's peak, while its TTL lasts."""
+        jpeg = await service.evidence(event_id)
+        if jpeg is None:
+            raise HTTPException(404, detail=f"no evidence for {event_id!r} (expired or unknown)")
+        return Response(jpeg, media_type="image/jpeg")
+
+    @app.get("/api/live", tags=["events"])
+    async def live(request: Request) -> StreamingResponse:
+        """Server-sent events: live scores (at most a few per second per stream) and events."""
+        return StreamingResponse(
+            _live_feed(service, request), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard(request: Request) -> Response:
+        if token is not None and request.query_params.get("token"):
+            response: Response = RedirectResponse("/", status_code=303)
+            response.set_cookie(
+                TOKEN_COOKIE, request.query_params["token"], httponly=True, samesite="strict"
+            )
+            return response
+        page = resources.files("stream").joinpath("static/dashboard.html").read_text()
+        return HTMLResponse(page)
+
+    return app
+
+
+async def _live_feed(service: Service, request: Request) -> AsyncIterator[bytes]:
+    last_sent: dict[str, float] = {}
+    yield b": connected\n\n"
+    async with service.subscribe_live() as messages:
+        while not await request.is_disconnected():
+            try:
+                kind, payload = await asyncio.wait_for(messages.__anext__(), timeout=15.0)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            except StopAsyncIteration:
+                return
+            if kind == "score":
+                stream_id = str(payload.get("stream", ""))
+                now = time.monotonic()
+                if now - last_sent.get(stream_id, 0.0) < 1.0 / LIVE_MAX_HZ_PER_STREAM:
+                    continue
+                last_sent[stream_id] = now
+            yield f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()

@@ -1,0 +1,161 @@
+"""``dfstream serve`` and the ``dfstream streams`` commands that manage a running service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.config import Settings
+
+streams_app = typer.Typer(help="Manage the streams of a running service (over its HTTP API).")
+app.add_typer(streams_app, name="streams")
+
+log = logging.getLogger("dfstream")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=level,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+        force=True,
+    )
+
+
+def check_bind(settings: Settings) -> None:
+    """Beyond loopback the API must have a token: refuse to start an open service."""
+    from stream.api import is_loopback
+
+    if not is_loopback(settings.api.host) and not settings.api.token:
+        raise fail(
+            f"api.host is {settings.api.host!r} (beyond loopback) but api.token is not set: "
+            "set DFSTREAM_API__TOKEN or api.token so that requests need a bearer token",
+            code=2,
+        )
+
+
+def run_service(settings: Settings) -> None:
+    """Serve the API and run the pipeline until SIGINT/SIGTERM, then shut down gracefully."""
+    import uvicorn
+
+    from stream.api import create_app
+    from stream.service import Service
+
+    check_bind(settings)
+    service = Service(settings)
+    config = uvicorn.Config(
+        create_app(service),
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    uvicorn.Server(config).run()
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (overrides api.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Bind port (overrides api.port).")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run the service: the HTTP API (docs at /docs), the dashboard at / and the pipeline."""
+    overrides: dict[str, Any] = {}
+    settings = settings_or_exit(config)
+    if host is not None or port is not None:
+        api = settings.api.model_dump()
+        api.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+        overrides["api"] = api
+        settings = settings_or_exit(config, **overrides)
+    configure_logging(log_level.upper())
+    run_service(settings)
+
+
+ApiOption = Annotated[
+    str,
+    typer.Option("--api", envvar="DFSTREAM_API_URL", help="Base URL of the running service."),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="DFSTREAM_API__TOKEN", help="Bearer token of the service."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _request(method: str, api: str, path: str, token: str | None, **kwargs: Any) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(
+            method, api.rstrip("/") + path, headers=headers, timeout=30.0, **kwargs
+        )
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach the service at {api}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise fail(f"{method} {path}: HTTP {response.status_code}: {detail}")
+    return response.json() if response.content else None
+
+
+@streams_app.command("list")
+def streams_list(
+    api: ApiOption = "http://127.0.0.1:8000", token: TokenOption = None, as_json: JsonOption = False
+) -> None:
+    """The service's streams with their status and latest scores."""
+    streams = _request("GET", api, "/api/streams", token)
+    if as_json:
+        typer.echo(json.dumps(streams, indent=2))
+        return
+    table = Table("stream", "status", "state", "p_stream", "fps in/analysed", "reconnects", "error")
+    for s in streams:
+        p = s.get("p_stream")
+        table.add_row(
+            s["id"], s["status"], s["state"], "-" if p is None else f"{p:.3f}",
+            f"{s['fps_in']:.1f}/{s['fps_analysed']:.1f}", str(s["reconnects"]),
+            s.get("last_error") or "",
+        )
+    console.print(table)
+
+
+@streams_app.command("add")
+def streams_add(
+    stream_id: Annotated[str, typer.Argument(help="Stream id (letters, digits, _ . -).")],
+    url: Annotated[str, typer.Argument(help="rtsp://, rtmp://, http(s)://, HLS or a file.")],
+    fps: Annotated[float | None, typer.Option(help="Analysis frames per second.")] = None,
+    api: ApiOption = "http://127.0.0.1:8000",
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start analysing a stream."""
+    body: dict[str, Any] = {"id": stream_id, "url": url}
+    if fps is not None:
+        body["analysis_fps"] = fps
+    created = _request("POST", api, "/api/streams", token, json=body)
+    typer.echo(json.dumps(created, indent=2) if as_json else f"added {stream_id}")
+
+
+@streams_app.command("remove")
+def streams_remove(
+    stream_id: Annotated[str, typer.Argument(help="Stream id.")],
+    api: ApiOption = "http://127.0.0.1:8000",
+    token: TokenOption = None,
+) -> None:
+    """Stop analysing a stream (an open alert is ended, stream.offline is published)."""
+    _request("DELETE", api, f"/api/streams/{stream_id}", token)
+    typer.echo(f"removed {stream_id}")
+
+

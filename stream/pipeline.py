@@ -1,0 +1,338 @@
+"""The analysis loop: frames from every stream, batched, through faces, scorer, scoring, publisher.
+
+Two worker threads overlap the stages (DESIGN §2): the *detect* thread collects the frames that
+are ready across streams (at most ``max_frames``, waiting at most ``max_wait_ms`` after the
+first), runs the face stage on them as one batch and hands the result on; the *score* thread
+scores the crops in batches of up to the scorer's ``max_batch``, calibrates, updates each
+stream's rolling scores and hysteresis, and publishes. While the scorer works on batch k the
+detector already runs on batch k+1. The hand-over queue holds one batch, so when analysis is
+slower than the streams, frames are superseded in the sources' mailboxes (counted there) rather
+than piling up as latency.
+
+Fairness: a batch takes at most one frame per stream, in rotating order, and at most
+``max_crops_per_stream`` faces per frame go to the scorer, so neither a busy stream nor a
+crowded picture can starve the others. A dead or slow stream simply has no frame ready; nothing
+waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from engines.calibration import Calibrator
+from engines.interfaces import CropScorer
+from stream.config import PipelineSettings
+from stream.faces import FaceStage, FrameFaces
+from stream.metrics import ServiceMetrics
+from stream.publish import Publisher
+from stream.scoring import FaceScore, ScoreResult, StreamScoring
+from stream.sources.base import Frame, FrameSource
+from stream.sources.rates import RateMeter
+from stream.thresholds import ThresholdListener
+
+log = logging.getLogger(__name__)
+
+EVIDENCE_JPEG_QUALITY = 90
+_STOP = object()
+
+
+@dataclass
+class StreamSlot:
+    """One stream inside the pipeline: its source, its scorer and what it last produced."""
+
+    source: FrameSource
+    scoring: StreamScoring
+    analysed: int = 0
+    faces: int = 0
+    frame_errors: int = 0
+    last: ScoreResult | None = None
+    last_error: str | None = None
+    rate: RateMeter = field(default_factory=RateMeter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def analysed_fps(self) -> float:
+        with self.lock:
+            return self.rate.rate()
+
+
+@dataclass
+class _Batch:
+    results: list[FrameFaces]
+    collected_at: float
+
+
+class Pipeline:
+    """Runs the analysis of every added stream on two threads; see the module docstring."""
+
+    def __init__(
+        self,
+        face_stage: FaceStage,
+        scorer: CropScorer,
+        calibrator: Calibrator,
+        publisher: Publisher,
+        settings: PipelineSettings,
+        *,
+        thresholds: ThresholdListener | None = None,
+        metrics: ServiceMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.face_stage = face_stage
+        self.scorer = scorer
+        self.calibrator = calibrator
+        self.publisher = publisher
+        self.settings = settings
+        self.thresholds = thresholds
+        self.metrics = metrics or ServiceMetrics()
+        self._clock = clock
+        self._slots: dict[str, StreamSlot] = {}
+        self._slots_lock = threading.Lock()
+        self._ready = threading.Condition()
+        self._pending = 0
+        self._rotation = 0
+        self._handoff: queue.Queue[_Batch | object] = queue.Queue(maxsize=1)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.batches = 0
+        self.engine_errors = 0
+
+    # -- streams ------------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """A source has a new frame (called on its reader thread)."""
+        with self._ready:
+            self._pending += 1
+            self._ready.notify()
+
+    def add(self, source: FrameSource, scoring: StreamScoring) -> StreamSlot:
+        with self._slots_lock:
+            if source.stream_id in self._slots:
+                raise KeyError(f"stream {source.stream_id!r} is already analysed")
+            slot = StreamSlot(source, scoring)
+            self._slots[source.stream_id] = slot
+        self.notify()
+        return slot
+
+    def remove(self, stream_id: str) -> StreamSlot | None:
+        """Stop analysing a stream; its frames still in flight are dropped."""
+        with self._slots_lock:
+            slot = self._slots.pop(stream_id, None)
+        if slot is not None:
+            self.face_stage.forget(stream_id)
+        return slot
+
+    def slot(self, stream_id: str) -> StreamSlot | None:
+        with self._slots_lock:
+            return self._slots.get(stream_id)
+
+    def slots(self) -> list[StreamSlot]:
+        with self._slots_lock:
+            return list(self._slots.values())
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stopping.clear()
+        self._threads = [
+            threading.Thread(target=self._detect_loop, name="dfstream-detect", daemon=True),
+            threading.Thread(target=self._score_loop, name="dfstream-score", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the batch in hand and stop both threads."""
+        self._stopping.set()
+        with self._ready:
+            self._ready.notify_all()
+        for thread in self._threads:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                log.error("pipeline thread %s did not stop within %.0f s", thread.name, timeout_s)
+        self._threads = []
+
+    # -- detect thread ------------------------------------------------------------------------
+
+    def _collect(self) -> list[Frame]:
+        """Frames ready across streams: wait for the first, then up to ``max_wait_ms`` more."""
+        settings = self.settings
+        with self._ready:
+            while self._pending == 0 and not self._stopping.is_set():
+                self._ready.wait(0.25)
+            if self._stopping.is_set():
+                return []
+            deadline = time.monotonic() + settings.max_wait_ms / 1000.0
+            while self._pending < settings.max_frames and not self._stopping.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._ready.wait(remaining)
+            self._pending = 0
+        slots = self.slots()
+        if not slots:
+            return []
+        start = self._rotation % len(slots)
+        self._rotation += 1
+        frames: list[Frame] = []
+        for slot in slots[start:] + slots[:start]:
+            frame = slot.source.take()
+            if frame is None:
+                continue
+            frames.append(frame)
+            if len(frames) >= settings.max_frames:
+                # Others keep their frame in the mailbox for the next batch.
+                with self._ready:
+                    self._pending += 1
+                break
+        return frames
+
+    def _detect_loop(self) -> None:
+        metrics = self.metrics
+        while not self._stopping.is_set():
+            frames = self._collect()
+            if not frames:
+                continue
+            collected_at = self._clock()
+            for frame in frames:
+                metrics.stage_seconds.labels("queue").observe(
+                    max(0.0, collected_at - frame.captured_at)
+                )
+            started = time.perf_counter()
+            try:
+                results = self.face_stage.process(frames)
+            except Exception:  # an engine failure: count it, keep serving
+                self.engine_errors += 1
+                log.exception("face detection failed on a batch of %d frames", len(frames))
+                continue
+            metrics.stage_seconds.labels("detect").observe(time.perf_counter() - started)
+            metrics.batch_size.labels("detect").observe(len(frames))
+            self._put(_Batch(results, collected_at))
+        self._put(_STOP)
+
+    def _put(self, item: _Batch | object) -> None:
+        while True:
+            try:
+                self._handoff.put(item, timeout=0.25)
+                self.metrics.queue_depth.labels("score").set(self._handoff.qsize())
+                return
+            except queue.Full:
+                if self._stopping.is_set() and item is not _STOP:
+                    return
+
+    # -- score thread -------------------------------------------------------------------------
+
+    def _score_loop(self) -> None:
+        while True:
+            item = self._handoff.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, _Batch)
+            try:
+                self._score_batch(item)
+            except Exception:
+                self.engine_errors += 1
+                log.exception("scoring failed on a batch of %d frames", len(item.results))
+
+    def _crops_of(self, results: list[FrameFaces]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Crops of confirmed tracks, at most ``max_crops_per_stream`` per frame (largest first,
+        as the face stage orders them)."""
+        cap = self.settings.max_crops_per_stream
+        crops: list[np.ndarray] = []
+        where: list[tuple[int, int]] = []
+        for frame_index, result in enumerate(results):
+            taken = 0
+            for face_index, face in enumerate(result.faces):
+                if face.crop is None or not face.confirmed or taken >= cap:
+                    continue
+                crops.append(face.crop)
+                where.append((frame_index, face_index))
+                taken += 1
+        if not crops:
+            return np.empty((0, 224, 224, 3), np.uint8), []
+        return np.stack(crops), where
+
+    def _score_batch(self, batch: _Batch) -> None:
+        metrics = self.metrics
+        crops, where = self._crops_of(batch.results)
+        p_fake = np.empty(0, np.float32)
+        if len(crops):
+            started = time.perf_counter()
+            logits = np.concatenate([
+                self.scorer.score(crops[i : i + self.scorer.max_batch])
+                for i in range(0, len(crops), self.scorer.max_batch)
+            ])
+            metrics.stage_seconds.labels("score").observe(time.perf_counter() - started)
+            metrics.batch_size.labels("score").observe(len(crops))
+            p_fake = self.calibrator.p_fake(logits)
+        scored: dict[tuple[int, int], float] = {
+            key: float(p) for key, p in zip(where, p_fake, strict=True)
+        }
+        started = time.perf_counter()
+        for frame_index, result in enumerate(batch.results):
+            self._finish_frame(frame_index, result, scored)
+        metrics.stage_seconds.labels("publish").observe(time.perf_counter() - started)
+        self.batches += 1
+
+    def _finish_frame(
+        self, frame_index: int, result: FrameFaces, scored: dict[tuple[int, int], float]
+    ) -> None:
+        frame = result.frame
+        slot = self.slot(frame.stream_id)
+        if slot is None:  # removed while in flight
+            return
+        if result.error is not None:
+            slot.frame_errors += 1
+            slot.last_error = result.error
+            log.warning("stream %s frame %d: %s", frame.stream_id, frame.seq, result.error)
+            return
+        faces = [
+            FaceScore(
+                track=face.track_id,
+                box=(float(face.box[0]), float(face.box[1]), float(face.box[2]),
+                     float(face.box[3])),
+                det_score=float(face.score),
+                p_fake=scored[(frame_index, face_index)],
+            )
+            for face_index, face in enumerate(result.faces)
+            if (frame_index, face_index) in scored
+        ]
+        if self.thresholds is not None:
+            self.thresholds.apply(slot.scoring)
+        now = self._clock()
+        score = slot.scoring.update(
+            seq=frame.seq, pts=frame.pts, captured_at=frame.captured_at, now=now, faces=faces
+        )
+        self.publisher.publish(score)
+        if score.evidence is not None:
+            self._put_evidence(score, result)
+        for event in score.events:
+            self.metrics.events.labels(event.type).inc()
+        with slot.lock:
+            slot.analysed += 1
+            slot.faces += len(faces)
+            slot.last = score
+            slot.rate.mark()
+        self.metrics.frames_analysed.labels(frame.stream_id).inc()
+        self.metrics.faces.labels(frame.stream_id).inc(len(faces))
+        self.metrics.end_to_end_seconds.observe(max(0.0, self._clock() - frame.captured_at))
+
+    def _put_evidence(self, score: ScoreResult, result: FrameFaces) -> None:
+        peak = score.evidence
+        assert peak is not None
+        crop = next((f.crop for f in result.faces if f.track_id == peak.track), None)
+        if crop is None:
+            return
+        ok, jpeg = cv2.imencode(
+            ".jpg", crop[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, EVIDENCE_JPEG_QUALITY]
+        )
+        if ok:
+            self.publisher.put_evidence(peak.event_id, jpeg.tobytes())

@@ -1,0 +1,383 @@
+"""One running service process: engines, Redis, the pipeline and the streams it analyses.
+
+``Service.start()`` loads and warms the engines (so that readiness means "can score now"),
+connects the publisher (an unreachable Redis is an outage to ride out, not a start-up error),
+and starts the configured streams. The HTTP API and the CLI commands drive it; it never raises
+on bad stream input, which stays inside that stream's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from importlib.metadata import version as dist_version
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from engines.calibration import Calibrator
+from engines.detector import DetectorInfo, load_detector
+from engines.interfaces import CROP_SIZE, CropScorer
+from stream.config import Settings, StreamSpec
+from stream.faces import FaceStage
+from stream.metrics import ServiceMetrics
+from stream.pipeline import Pipeline
+from stream.publish import Publisher
+from stream.redis_contract import RedisKeys, connect, redact
+from stream.redis_server import EmbeddedRedis
+from stream.scoring import StreamScoring
+from stream.sources.base import SourceStatus
+from stream.sources.pyav import PyAVSource
+from stream.sources.urls import UrlRefused, check_url
+from stream.thresholds import ThresholdListener, ThresholdStore, ThresholdUpdate
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 1.0
+SOURCE_TO_STATE_STATUS = {
+    SourceStatus.CONNECTING: "connecting",
+    SourceStatus.LIVE: "online",
+    SourceStatus.RECONNECTING: "reconnecting",
+    SourceStatus.STOPPED: "offline",
+    SourceStatus.FAILED: "failed",
+}
+
+
+class Service:
+    """Everything one process runs; see the module docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.version = dist_version("dfstream")
+        self.metrics = ServiceMetrics()
+        self.keys = RedisKeys(settings.redis.prefix)
+        self.redis_url: str = settings.redis.url or ""
+        self.embedded_redis: EmbeddedRedis | None = None
+        self.detector_info: DetectorInfo | None = None
+        self.face_stage: FaceStage | None = None
+        self.scorer: CropScorer | None = None
+        self.publisher: Publisher | None = None
+        self.listener: ThresholdListener | None = None
+        self.pipeline: Pipeline | None = None
+        self._client: aioredis.Redis | None = None
+        self._thresholds: ThresholdStore | None = None
+        self._warm = False
+        self._status_task: asyncio.Task[None] | None = None
+        self._streams_lock = asyncio.Lock()
+        self._started_at = time.time()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        if not self.redis_url:
+            self.embedded_redis = EmbeddedRedis().start()
+            self.redis_url = self.embedded_redis.url
+            log.info("no redis.url configured: embedded redis-server at %s", self.redis_url)
+        loop = asyncio.get_running_loop()
+        # Loading engines takes seconds: off the event loop, so health checks still answer.
+        # One after the other: torch's ONNX exporter keeps global state.
+        face_stage = await loop.run_in_executor(None, FaceStage.from_settings, settings)
+        scorer, detector_info = await loop.run_in_executor(None, load_detector, settings.detector)
+        self.face_stage, self.scorer, self.detector_info = face_stage, scorer, detector_info
+        await loop.run_in_executor(None, self._warm_up)
+        self._client = connect(self.redis_url, timeout_s=settings.redis.socket_timeout_s)
+        self._thresholds = ThresholdStore(
+            self._client, prefix=settings.redis.prefix, fallback=settings.scoring.thresholds
+        )
+        with contextlib.suppress(RedisError, OSError):
+            await self._thresholds.seed(settings.scoring.thresholds)
+        self.listener = ThresholdListener(
+            self.redis_url,
+            prefix=settings.redis.prefix,
+            fallback=settings.scoring.thresholds,
+            reconnect_base_s=settings.redis.reconnect_base_s,
+            reconnect_cap_s=settings.redis.reconnect_cap_s,
+        )
+        await self.listener.start()
+        self.publisher = Publisher.from_settings(settings.redis, self.redis_url)
+        await self.publisher.start()
+        self.metrics.watch_sources(self._source_stats)
+        self.pipeline = Pipeline(
+            face_stage,
+            scorer,
+            Calibrator.from_dict(detector_info.calibration),
+            self.publisher,
+            settings.pipeline,
+            thresholds=self.listener,
+            metrics=self.metrics,
+        )
+        self.pipeline.start()
+        self._status_task = asyncio.create_task(self._report_status(), name="dfstream-status")
+        for spec in settings.streams:
+            try:
+                await self.add_stream(spec)
+            except (KeyError, ValueError) as exc:
+                log.error("configured stream %s not started: %s", spec.id, exc)
+
+    def _warm_up(self) -> None:
+        """Run each engine once so the first real frame does not pay for lazy initialisation."""
+        assert self.face_stage is not None and self.scorer is not None
+        self.face_stage.detector.detect([np.zeros((360, 640, 3), np.uint8)])
+        self.scorer.score(np.zeros((1, CROP_SIZE, CROP_SIZE, 3), np.uint8))
+        self._warm = True
+
+    async def close(self) -> None:
+        """Graceful shutdown: streams stopped, open alerts ended, outbox flushed, offline events
+        written, liveness released."""
+        if self._status_task is not None:
+            self._status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._status_task
+        if self.pipeline is not None:
+            for slot in self.pipeline.slots():
+                await self.remove_stream(slot.source.stream_id, reason="shutdown")
+            await asyncio.get_running_loop().run_in_executor(None, self.pipeline.stop)
+        if self.publisher is not None:
+            await self.publisher.close()
+        if self.listener is not None:
+            await self.listener.close()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
+        if self.embedded_redis is not None:
+            self.embedded_redis.close()
+
+    # -- streams ------------------------------------------------------------------------------
+
+    async def add_stream(self, spec: StreamSpec) -> dict[str, Any]:
+        """Start analysing ``spec``. KeyError: the id is taken; ValueError: the URL is refused."""
+        assert self.pipeline is not None and self.publisher is not None
+        try:
+            check_url(spec.url, self.settings.ingest)
+        except UrlRefused as exc:
+            raise ValueError(str(exc)) from None
+        async with self._streams_lock:
+            if self.pipeline.slot(spec.id) is not None:
+                raise KeyError(f"stream {spec.id!r} already exists")
+            epoch = await self._next_epoch(spec.id)
+            source = PyAVSource.from_spec(spec, self.settings.ingest, on_frame=self.pipeline.notify)
+            assert self.listener is not None
+            thresholds, version = self.listener.for_stream(spec.id)
+            scoring = StreamScoring.from_settings(
+                spec.id, self.settings.scoring, thresholds, version
+            )
+            self.pipeline.add(source, scoring)
+            await self._register(spec)
+            self.publisher.stream_online(spec.id, epoch=epoch, url=spec.url)
+            source.start()
+            self.metrics.streams.set(len(self.pipeline.slots()))
+        log.info("stream %s added (%s), epoch %d", spec.id, redact(spec.url), epoch)
+        found = self.get_stream(spec.id)
+        assert found is not None
+        return found
+
+    async def remove_stream(self, stream_id: str, *, reason: str = "removed") -> bool:
+        assert self.pipeline is not None and self.publisher is not None
+        async with self._streams_lock:
+            slot = self.pipeline.remove(stream_id)
+            if slot is None:
+                return False
+            await asyncio.get_running_loop().run_in_executor(None, slot.source.stop)
+            last = slot.last
+            final = slot.scoring.finish(
+                seq=last.seq if last else 0,
+                pts=last.pts if last else 0.0,
+                captured_at=last.captured_at if last else time.time(),
+                now=time.time(),
+            )
+            self.publisher.stream_offline(stream_id, reason=reason, final_events=final)
+            if reason == "removed":
+                await self._unregister(stream_id)
+            self.metrics.streams.set(len(self.pipeline.slots()))
+        log.info("stream %s stopped (%s)", stream_id, reason)
+        return True
+
+    def list_streams(self) -> list[dict[str, Any]]:
+        if self.pipeline is None:
+            return []
+        views = (self.get_stream(slot.source.stream_id) for slot in self.pipeline.slots())
+        return sorted((v for v in views if v is not None), key=lambda v: v["id"])
+
+    def get_stream(self, stream_id: str) -> dict[str, Any] | None:
+        slot = self.pipeline.slot(stream_id) if self.pipeline is not None else None
+        if slot is None:
+            return None
+        stats = slot.source.stats()
+        last = slot.last
+        return {
+            "id": stream_id,
+            "url": stats.url,
+            "status": SOURCE_TO_STATE_STATUS[stats.status],
+            "source_status": stats.status.value,
+            "last_error": slot.last_error or stats.last_error,
+            "reconnects": stats.reconnects,
+            "next_retry_in_s": stats.next_retry_in_s,
+            "fps_in": round(stats.fps_in, 2),
+            "fps_analysed": round(slot.analysed_fps(), 2),
+            "frames_analysed": slot.analysed,
+            "dropped": stats.dropped,
+            "width": stats.width,
+            "height": stats.height,
+            "codec": stats.codec,
+            "state": last.state.value if last else "clear",
+            "p_stream": last.p_stream if last else None,
+            "faces": len(last.faces) if last else 0,
+            "seq": last.seq if last else None,
+            "config_version": slot.scoring.config_version,
+        }
+
+    def _source_stats(self) -> list[Any]:
+        return [slot.source.stats() for slot in self.pipeline.slots()] if self.pipeline else []
+
+    async def _next_epoch(self, stream_id: str) -> int:
+        """A fresh fencing epoch for this acquisition of the stream (DESIGN §6)."""
+        assert self._client is not None
+        try:
+            return int(await self._client.incr(self.keys.epoch(stream_id)))
+        except (RedisError, OSError) as exc:
+            log.warning("stream %s: Redis unreachable for its epoch (%s); using 0", stream_id, exc)
+            return 0
+
+    async def _register(self, spec: StreamSpec) -> None:
+        """The streams hash names the streams that thresholds may be set for."""
+        assert self._client is not None
+        record = spec.model_dump(mode="json")
+        record["url"] = redact(spec.url)  # camera credentials stay out of Redis
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.hset(self.keys.streams, spec.id, json.dumps(record))
+
+    async def _unregister(self, stream_id: str) -> None:
+        assert self._client is not None
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.hdel(self.keys.streams, stream_id)
+
+    async def _report_status(self) -> None:
+        """Source status and rates into each stream's state hash, once a second."""
+        assert self.publisher is not None
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            if self.pipeline is None:
+                continue
+            stats = self.publisher.stats
+            self.metrics.outbox_depth.set(stats.events_pending)
+            for slot in self.pipeline.slots():
+                source = slot.source.stats()
+                dropped = sum(source.dropped.values())
+                self.publisher.stream_status(
+                    source.stream_id,
+                    SOURCE_TO_STATE_STATUS[source.status],
+                    fps_in=source.fps_in,
+                    fps_analysed=slot.analysed_fps(),
+                    fps_dropped=max(0.0, source.fps_in - slot.analysed_fps()) if dropped else 0.0,
+                )
+
+    # -- what the API reads -------------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, tuple[bool, str]]:
+        checks: dict[str, tuple[bool, str]] = {
+            "engines": (self._warm, "loaded and warmed up" if self._warm else "loading"),
+        }
+        if self._client is None:
+            checks["redis"] = (False, "not connected yet")
+        else:
+            try:
+                async with asyncio.timeout(1.0):
+                    await self._client.ping()
+                checks["redis"] = (True, redact(self.redis_url))
+            except (RedisError, OSError, TimeoutError) as exc:
+                checks["redis"] = (False, f"{redact(self.redis_url)}: {exc}")
+        return checks
+
+    def info(self) -> dict[str, Any]:
+        face_detector = self.face_stage.detector if self.face_stage else None
+        return {
+            "version": self.version,
+            "started_at": self._started_at,
+            "redis": {"url": redact(self.redis_url), "prefix": self.settings.redis.prefix},
+            "detector": self.detector_info.as_dict() if self.detector_info else None,
+            "face_detector": {
+                "name": getattr(face_detector, "name", None),
+                "device": getattr(face_detector, "device", None),
+            },
+        }
+
+    async def get_thresholds(self, stream: str | None) -> dict[str, Any]:
+        assert self._thresholds is not None
+        book = await self._thresholds.get()
+        view = book.to_dict()
+        if stream is not None:
+            from stream.thresholds import ThresholdError
+
+            if stream not in await self._thresholds.known_streams():
+                raise ThresholdError(f"unknown stream {stream!r}", unknown_stream=True)
+            view["stream"] = stream
+            view["effective"] = book.for_stream(stream).model_dump()
+        return view
+
+    async def set_thresholds(self, update: ThresholdUpdate, stream: str | None) -> dict[str, Any]:
+        assert self._thresholds is not None
+        book = await self._thresholds.set(update, stream)
+        return book.to_dict()
+
+    async def recent_events(self, count: int, stream: str | None) -> list[dict[str, Any]]:
+        assert self._client is not None
+        try:
+            entries: Any = await self._client.xrevrange(
+                self.keys.events, count=count if stream is None else count * 20
+            )
+        except (RedisError, OSError):
+            return []
+        events = []
+        for entry_id, fields in entries:
+            raw = fields.get(b"event") or fields.get("event")
+            if raw is None:
+                continue
+            event = json.loads(raw)
+            if stream is not None and event.get("stream") != stream:
+                continue
+            event["id"] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            events.append(event)
+            if len(events) >= count:
+                break
+        return events
+
+    async def evidence(self, event_id: str) -> bytes | None:
+        assert self._client is not None
+        try:
+            data = await self._client.get(self.keys.evidence(event_id))
+        except (RedisError, OSError):
+            return None
+        if data is None:
+            return None
+        return data if isinstance(data, bytes) else data.encode()
+
+    @contextlib.asynccontextmanager
+    async def subscribe_live(self) -> AsyncIterator[AsyncIterator[tuple[str, dict[str, Any]]]]:
+        """Live score messages and events from Pub/Sub, for the dashboard (at-most-once)."""
+        client = connect(self.redis_url, timeout_s=5.0, per_reply_timeout=False)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        scores_pattern = self.keys.scores("*")
+        await pubsub.psubscribe(scores_pattern)
+        await pubsub.subscribe(self.keys.events)
+
+        async def messages() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+            async for message in pubsub.listen():
+                if message["type"] not in ("message", "pmessage"):
+                    continue
+                kind = "score" if message.get("pattern") else "event"
+                with contextlib.suppress(ValueError):
+                    yield kind, json.loads(message["data"])
+
+        try:
+            yield messages()
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+                await client.aclose()
