@@ -75,3 +75,4 @@ from stream.commands import faces  # noqa: E402,F401
 from stream.commands import ingest  # noqa: E402,F401
 from stream.commands import models  # noqa: E402,F401
 from stream.commands import publish, thresholds, watch  # noqa: E402,F401
+from stream.commands import serve  # noqa: E402,F401
