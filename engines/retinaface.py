@@ -1,4 +1,9 @@
-"""RetinaFace face detector (biubug6 weight layout), batched over images of any sizes.
+"""RetinaFace face detector (biubug6's architecture), batched over images of any sizes.
+
+Weights come as a PyTorch state dict in biubug6's layout (``.pth``) or as an ONNX export of that
+architecture with batch norms folded into the convolutions (``.onnx``, e.g. the published
+MobileNet-0.25 model of the store); the ONNX convolutions are mapped onto the network by their
+node names.
 
 Images are padded, never resized, to a canvas whose sides are the next multiples of 32 (every
 feature map is then an exact power-of-two reduction of the input); the padding holds the mean
@@ -19,6 +24,7 @@ import copy
 import itertools
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -265,6 +271,111 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in loaded.items()}
 
 
+FOLDED_CONVS: tuple[tuple[re.Pattern[str], str, str | None], ...] = (
+    (re.compile(r"/fx/stage1/stage1\.0/stage1\.0\.0/Conv"), "body.stage1.0.0", "body.stage1.0.1"),
+    (re.compile(r"/fx/(stage\d)/\1\.(\d+)/\1\.\2\.0/\1\.\2\.0\.0/Conv"),
+     r"body.\1.\2.0", r"body.\1.\2.1"),
+    (re.compile(r"/fx/(stage\d)/\1\.(\d+)/\1\.\2\.1/\1\.\2\.1\.0/Conv"),
+     r"body.\1.\2.3", r"body.\1.\2.4"),
+    (re.compile(r"/fpn/((?:output|merge)\d)/\1\.0/Conv"), r"fpn.\1.0", r"fpn.\1.1"),
+    # The exporter repeats a module called twice (SSH's conv5X5_1) as "<name>.0_1".
+    (re.compile(r"/(ssh\d)/(\w+)/\2\.0(?:_\d+)?/Conv"), r"\1.\2.0", r"\1.\2.1"),
+    (re.compile(r"/class_head/class_head\.(\d)/Conv"), r"ClassHead.\1.conv1x1", None),
+    (re.compile(r"/bbox_head/bbox_head\.(\d)/Conv"), r"BboxHead.\1.conv1x1", None),
+    (re.compile(r"/landmark_head/landmark_head\.(\d)/Conv"), r"LandmarkHead.\1.conv1x1", None),
+)
+"""ONNX Conv node names of the folded MobileNet-0.25 export -> (our convolution, the batch norm
+that follows it in biubug6's layout, or None for the heads, whose convolutions have biases)."""
+
+
+def state_dict_from_folded_onnx(
+    model: bytes, arch: str = "mobilenet0.25", source: str = "the ONNX model"
+) -> dict[str, torch.Tensor]:
+    """A biubug6-layout state dict from an ONNX export with batch norms folded into its convs.
+
+    Each folded convolution keeps its weight; its bias goes into the batch norm after it, made an
+    identity (scale 1, mean 0, variance ``1 - eps`` so that ``sqrt(var + eps) == 1``), so that
+    ``build_network`` checks and fuses it like any checkpoint.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load_model_from_string(model).graph
+    except Exception as exc:  # protobuf raises DecodeError and others for a damaged file
+        raise store.StoreError(
+            f"{source} cannot be read as an ONNX model ({type(exc).__name__}: {exc})"
+        ) from None
+    tensors = {init.name: init for init in graph.initializer}
+    aliases = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Identity"}
+
+    def constant(name: str) -> torch.Tensor:
+        seen = 0
+        while name in aliases and seen < len(aliases):
+            name, seen = aliases[name], seen + 1
+        if name not in tensors:
+            raise store.StoreError(f"{source}: convolution input {name} is not a stored tensor")
+        return torch.from_numpy(numpy_helper.to_array(tensors[name]).copy())
+
+    template = dict(RetinaFace(arch).named_modules())
+    folded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    state: dict[str, torch.Tensor] = {}
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        match, conv, norm = next(
+            ((m, c, n) for pattern, c, n in FOLDED_CONVS if (m := pattern.fullmatch(node.name))),
+            (None, "", None),
+        )
+        if match is None:
+            raise store.StoreError(
+                f"{source}: convolution {node.name!r} does not map onto RetinaFace {arch}"
+            )
+        if len(node.input) != 3:
+            raise store.StoreError(
+                f"{source}: convolution {node.name!r} has no bias; expected folded batch norms"
+            )
+        conv = match.expand(conv)
+        weight, bias = constant(node.input[1]), constant(node.input[2])
+        if conv in folded:
+            if not all(torch.equal(a, b) for a, b in zip(folded[conv], (weight, bias),
+                                                          strict=True)):
+                raise store.StoreError(
+                    f"{source}: two convolutions map onto {conv} with different weights"
+                )
+            continue
+        folded[conv] = (weight, bias)
+        state[f"{conv}.weight"] = weight
+        if norm is None:
+            state[f"{conv}.bias"] = bias
+            continue
+        norm = match.expand(norm)
+        module = template.get(norm)
+        if not isinstance(module, nn.BatchNorm2d):
+            raise store.StoreError(
+                f"{source}: {node.name!r} maps onto {norm}, which is not a batch norm of "
+                f"RetinaFace {arch}"
+            )
+        channels = bias.shape[0]
+        state[f"{norm}.weight"] = torch.ones(channels)
+        state[f"{norm}.bias"] = bias
+        state[f"{norm}.running_mean"] = torch.zeros(channels)
+        state[f"{norm}.running_var"] = torch.full((channels,), 1.0 - module.eps)
+        state[f"{norm}.num_batches_tracked"] = torch.tensor(0)
+    return state
+
+
+def read_weights(path: Path, arch: str) -> dict[str, torch.Tensor]:
+    """The state dict of a weights file: a folded ONNX export (``.onnx``) or a checkpoint."""
+    if path.suffix.lower() == ".onnx":
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise store.StoreError(f"weights file {path} does not exist") from None
+        return state_dict_from_folded_onnx(data, arch, source=str(path))
+    return read_state_dict(path)
+
+
 def build_network(
     arch: str, state_dict: dict[str, torch.Tensor] | None, source: str = ""
 ) -> RetinaFace:
@@ -302,7 +413,8 @@ def build_network(
 def load_network(
     arch: str = "mobilenet0.25", weights: Path | None = None, sha256: str | None = None
 ) -> tuple[RetinaFace, WeightsInfo]:
-    """The network with published weights: from the model store, or from an explicit file.
+    """The network with published weights: from the model store, or from an explicit file
+    (a biubug6-layout ``.pth`` checkpoint or a folded ``.onnx`` export).
 
     An explicit file is checked against ``sha256`` when given; otherwise its sha256 is logged
     (and returned) so that it can be pinned.
@@ -325,7 +437,7 @@ def load_network(
         if sha256 is None:
             log.warning("RetinaFace %s weights %s are unverified: sha256 %s", arch, path, digest)
         info = WeightsInfo(path, digest, registered=False)
-    return build_network(arch, read_state_dict(path), source=str(path)), info
+    return build_network(arch, read_weights(path, arch), source=str(path)), info
 
 
 def _fuse_batch_norms(module: nn.Module) -> None:

@@ -29,7 +29,7 @@ from stream.tracker import box_iou
 
 
 @pytest.fixture(scope="module")
-def detector(shared_weights: Path) -> RetinaFaceDetector:
+def detector(retinaface_weights: Path) -> RetinaFaceDetector:
     return RetinaFaceDetector.load("mobilenet0.25", device="cpu")
 
 
@@ -61,8 +61,18 @@ def test_detections_are_mapped_to_full_resolution(detector: RetinaFaceDetector) 
         assert face.score == det.score
 
 
+def faces_of_three_sizes() -> np.ndarray:
+    """The astronaut three times, large to small, on one 1280x720 backdrop."""
+    picture = None
+    for place in (FacePlacement(40, 60, 1.0), FacePlacement(600, 100, 0.7),
+                  FacePlacement(980, 300, 0.5)):
+        picture = compose_frame(1280, 720, place, backdrop=picture)
+    assert picture is not None
+    return picture
+
+
 def test_small_faces_are_dropped_and_the_largest_kept(detector: RetinaFaceDetector) -> None:
-    frame = rgb_frame("cam", compose_frame(1280, 720, FacePlacement(300, 80, 1.0)))
+    frame = rgb_frame("cam", faces_of_three_sizes())
     everything = FaceStage(detector, FaceSettings(min_face_px=8, max_faces=256))
     faces = everything.process([frame])[0].faces
     assert len(faces) >= 2, "needs detections of several sizes"
@@ -213,7 +223,7 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, " ".join(result.stderr.split())
 
 
-def test_cli_prints_the_astronaut_as_json(shared_weights: Path, astronaut_png: Path) -> None:
+def test_cli_prints_the_astronaut_as_json(retinaface_weights: Path, astronaut_png: Path) -> None:
     code, out, err = run_cli("faces", str(astronaut_png), "--json", "--device", "cpu")
     assert code == 0, err
     faces = json.loads(out)
@@ -226,7 +236,7 @@ def test_cli_prints_the_astronaut_as_json(shared_weights: Path, astronaut_png: P
 
 @pytest.mark.parametrize("mode", ["gray", "rgba", "gray16"])
 def test_cli_converts_images_it_reads(
-    shared_weights: Path, tmp_path: Path, mode: str
+    retinaface_weights: Path, tmp_path: Path, mode: str
 ) -> None:
     bgr = cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR)
     if mode == "gray":
@@ -243,7 +253,7 @@ def test_cli_converts_images_it_reads(
 
 
 def test_cli_on_a_video_reports_frames_tracks_and_crops(
-    shared_weights: Path, face_video_360p: Path, tmp_path: Path
+    retinaface_weights: Path, face_video_360p: Path, tmp_path: Path
 ) -> None:
     crops = tmp_path / "crops"
     code, out, err = run_cli("faces", str(face_video_360p), "--json", "--frames", "6",
@@ -273,7 +283,7 @@ def test_cli_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert code == 1 and "not installed" in err
 
 
-def test_settings_choose_the_backend(shared_weights: Path) -> None:
+def test_settings_choose_the_backend(retinaface_weights: Path) -> None:
     from stream.faces import build_detector
 
     settings = load_settings(faces={"device": "cpu"})

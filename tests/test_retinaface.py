@@ -1,4 +1,5 @@
-"""RetinaFace with the real published weights: accuracy, batching, backends, clear errors."""
+"""RetinaFace with the real published weights: accuracy, batching, backends, weight formats,
+clear errors."""
 
 from __future__ import annotations
 
@@ -25,16 +26,20 @@ from engines.retinaface import (
     load_network,
     prior_boxes,
     resolve_device,
+    state_dict_from_folded_onnx,
 )
 from engines.retinaface_onnx import OnnxRetinaFaceDetector, export_onnx
 from stream.samples import ASTRONAUT_FACE_BOX, FacePlacement, astronaut, compose_frame, face_frames
 from stream.tracker import box_iou
 
-MOBILENET = "retinaface_mobilenet0.25.pth"
+SHARED_MOBILENET = "retinaface_mobilenet0.25.pth"
+"""The weights share's mobilenet0.25 checkpoint: biubug6's layout, but not the published model
+(it misses the astronaut and fires on backdrops); used for layout and fusion tests only."""
+ARTIFACT = "retinaface-mobilenet0.25"
 
 
 @pytest.fixture(scope="module")
-def detector(shared_weights: Path) -> RetinaFaceDetector:
+def detector(retinaface_weights: Path) -> RetinaFaceDetector:
     return RetinaFaceDetector.load("mobilenet0.25", device="cpu")
 
 
@@ -133,7 +138,7 @@ def test_a_batch_of_mixed_sizes_gives_the_boxes_of_one_by_one(
         assert_same_detections(detector.detect([image])[0], faces, detector.options.confidence)
 
 
-def test_small_chunks_give_the_same_result(shared_weights: Path) -> None:
+def test_small_chunks_give_the_same_result(retinaface_weights: Path) -> None:
     chunked = RetinaFaceDetector.load("mobilenet0.25", device="cpu", max_batch=2)
     whole = RetinaFaceDetector.load("mobilenet0.25", device="cpu", max_batch=16)
     images = [*mixed_images()[:2]] * 3
@@ -150,7 +155,7 @@ def test_boxes_stay_in_their_own_image(detector: RetinaFaceDetector) -> None:
             assert 0 <= cx < width and 0 <= cy < height
 
 
-def test_channels_last_does_not_change_results(shared_weights: Path) -> None:
+def test_channels_last_does_not_change_results(retinaface_weights: Path) -> None:
     net, _ = load_network("mobilenet0.25")
     plain = RetinaFaceDetector(net, device="cpu", channels_last=False)
     fast = RetinaFaceDetector(net, device="cpu", channels_last=True)
@@ -189,17 +194,66 @@ def test_zero_deltas_decode_to_the_prior() -> None:
     assert points.tolist() == [[[100.0, 50.0]] * 5]
 
 
-def test_fused_rgb_network_matches_the_published_forward(shared_weights: Path) -> None:
-    state = torch.load(shared_weights / MOBILENET, map_location="cpu", weights_only=True)
-    published = RetinaFace("mobilenet0.25")
-    published.load_state_dict(state)
-    published.eval()
+def bgr_input(rgb: np.ndarray) -> np.ndarray:
+    """The published networks' input: BGR minus the training mean, NCHW float32."""
+    bgr = rgb[:, :, ::-1].astype(np.float32) - np.array(MEAN_BGR, np.float32)
+    return np.ascontiguousarray(bgr.transpose(2, 0, 1)[None])
+
+
+def rgb_input(rgb: np.ndarray) -> torch.Tensor:
+    """Our network's input: RGB minus the mean (the BGR swap is folded into its first conv)."""
+    centred = rgb.astype(np.float32) - np.array(MEAN_BGR[::-1], np.float32)
+    return torch.from_numpy(np.ascontiguousarray(centred.transpose(2, 0, 1)[None]))
+
+
+def test_converted_weights_match_the_published_onnx(retinaface_weights: Path) -> None:
+    """Our network with the mapped weights computes what the published ONNX model computes."""
+    import onnxruntime as ort
+
+    net = build_network("mobilenet0.25",
+                        state_dict_from_folded_onnx(retinaface_weights.read_bytes()))
+    session = ort.InferenceSession(str(retinaface_weights), providers=["CPUExecutionProvider"])
+    # Sides are multiples of 32 (no padding to agree on); both pictures hold a face.
+    for rgb in (astronaut(), compose_frame(320, 256, FacePlacement(40, 20, 0.4))):
+        loc, conf, marks = session.run(["loc", "conf", "landmarks"], {"input": bgr_input(rgb)})
+        assert conf[0, :, 1].max() > 0.9  # real detections are among the compared values
+        with torch.inference_mode():
+            ours = net(rgb_input(rgb))
+        for mine, theirs in zip(ours, (loc, conf[..., 1], marks), strict=True):
+            torch.testing.assert_close(mine, torch.from_numpy(theirs), atol=1e-4, rtol=0)
+
+
+def test_an_onnx_export_of_another_layout_is_refused_by_node_name() -> None:
+    from engines.retinaface_onnx import export_onnx as export
+
+    torch.manual_seed(0)
+    ours = export(build_network("mobilenet0.25", None))  # node names under /net/..., fused
+    with pytest.raises(store.StoreError, match=r"convolution '/net/.*' does not map onto"):
+        state_dict_from_folded_onnx(ours)
+
+
+def test_the_shared_checkpoint_keeps_the_published_layout(shared_weights: Path) -> None:
+    """Layout compatibility only: every key and shape matches (what it detects is not tested)."""
+    path = shared_weights / SHARED_MOBILENET
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    expected = RetinaFace("mobilenet0.25").state_dict()
+    assert set(state) == set(expected)
+    assert all(state[k].shape == expected[k].shape for k in expected)
+    _, info = load_network("mobilenet0.25", weights=path, sha256=store.sha256_of(path))
+    assert not info.registered
+
+
+def test_fused_rgb_network_matches_the_unfused_bgr_forward(shared_weights: Path) -> None:
+    # The shared checkpoint carries real batch-norm statistics: a fusion test worth having.
+    state = torch.load(shared_weights / SHARED_MOBILENET, map_location="cpu", weights_only=True)
+    unfused = RetinaFace("mobilenet0.25")
+    unfused.load_state_dict(state)
+    unfused.eval()
     fused = build_network("mobilenet0.25", dict(state))
-    rgb = compose_frame(320, 256, FacePlacement(40, 20, 0.4)).astype(np.float32)
-    bgr = torch.from_numpy((rgb[:, :, ::-1] - MEAN_BGR).transpose(2, 0, 1).copy())[None].float()
-    rgb_in = torch.from_numpy((rgb - MEAN_BGR[::-1]).transpose(2, 0, 1).copy())[None].float()
+    rgb = compose_frame(320, 256, FacePlacement(40, 20, 0.4))
     with torch.inference_mode():
-        for a, b in zip(published(bgr), fused(rgb_in), strict=True):
+        for a, b in zip(unfused(torch.from_numpy(bgr_input(rgb))), fused(rgb_input(rgb)),
+                        strict=True):
             torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3)
 
 
@@ -226,7 +280,9 @@ def test_resnet50_loads_a_data_parallel_checkpoint(tmp_path: Path) -> None:
 # --- ONNX Runtime ---------------------------------------------------------------------------
 
 
-def test_onnx_runtime_matches_torch(shared_weights: Path, detector: RetinaFaceDetector) -> None:
+def test_onnx_runtime_matches_torch(
+    retinaface_weights: Path, detector: RetinaFaceDetector
+) -> None:
     net, _ = load_network("mobilenet0.25")
     onnx = OnnxRetinaFaceDetector(export_onnx(net), arch="mobilenet0.25")
     images = mixed_images()
@@ -234,7 +290,7 @@ def test_onnx_runtime_matches_torch(shared_weights: Path, detector: RetinaFaceDe
         assert_same_detections(a, b, detector.options.confidence, tolerance=0.05)
 
 
-def test_onnx_export_is_written_and_reloads(shared_weights: Path, tmp_path: Path) -> None:
+def test_onnx_export_is_written_and_reloads(retinaface_weights: Path, tmp_path: Path) -> None:
     net, _ = load_network("mobilenet0.25")
     path = tmp_path / "models" / "retinaface.onnx"
     export_onnx(net, path)
@@ -283,14 +339,14 @@ def test_missing_weights_say_how_to_get_them(
 
 @pytest.mark.parametrize("damage", ["truncated", "same size"])
 def test_corrupt_store_weights_are_refused(
-    shared_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+    retinaface_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
-    content = bytearray((shared_weights / MOBILENET).read_bytes())
+    content = bytearray(retinaface_weights.read_bytes())
     if damage == "truncated":
         content = content[: len(content) // 2]
     else:
         content[len(content) // 2] ^= 0xFF
-    (tmp_path / MOBILENET).write_bytes(bytes(content))
+    (tmp_path / store.artifact(ARTIFACT).filename).write_bytes(bytes(content))
     monkeypatch.setenv("DFSTREAM_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("DFSTREAM_HOME", str(tmp_path / "home"))
     with pytest.raises(store.StoreError, match=r"corrupt|truncated"):
@@ -298,34 +354,39 @@ def test_corrupt_store_weights_are_refused(
 
 
 def test_an_explicit_file_with_the_wrong_checksum_is_refused(
-    shared_weights: Path, tmp_path: Path
+    retinaface_weights: Path, tmp_path: Path
 ) -> None:
-    path = tmp_path / "weights.pth"
-    shutil.copy(shared_weights / MOBILENET, path)
+    path = tmp_path / "weights.onnx"
+    shutil.copy(retinaface_weights, path)
     with pytest.raises(store.StoreError, match=f"expected {'0' * 64}"):
         load_network("mobilenet0.25", weights=path, sha256="0" * 64)
-    _, info = load_network("mobilenet0.25", weights=path,
-                           sha256=store.artifact("retinaface-mobilenet0.25").sha256)
-    assert info.sha256 == store.artifact("retinaface-mobilenet0.25").sha256
+    _, info = load_network("mobilenet0.25", weights=path, sha256=store.artifact(ARTIFACT).sha256)
+    assert info.sha256 == store.artifact(ARTIFACT).sha256 and not info.registered
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
-    [(b"not a checkpoint at all" * 50, "cannot be read as PyTorch weights"), (None, "not exist")],
+    ("name", "content", "message"),
+    [("garbage.pth", b"not a checkpoint at all" * 50, "cannot be read as PyTorch weights"),
+     ("garbage.onnx", b"not a model at all" * 50, "cannot be read as an ONNX model"),
+     ("garbage.pth", None, "not exist"), ("garbage.onnx", None, "not exist")],
 )
 def test_unreadable_explicit_weights_are_refused(
-    tmp_path: Path, content: bytes | None, message: str
+    tmp_path: Path, name: str, content: bytes | None, message: str
 ) -> None:
-    path = tmp_path / "garbage.pth"
+    path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(store.StoreError, match=message):
         load_network("mobilenet0.25", weights=path)
 
 
-def test_weights_of_another_backbone_are_refused(shared_weights: Path) -> None:
+def test_weights_of_another_backbone_are_refused(
+    shared_weights: Path, retinaface_weights: Path
+) -> None:
     with pytest.raises(store.StoreError, match="does not hold RetinaFace resnet50 weights"):
-        load_network("resnet50", weights=shared_weights / MOBILENET)
+        load_network("resnet50", weights=shared_weights / SHARED_MOBILENET)
+    with pytest.raises(store.StoreError, match="RetinaFace resnet50"):
+        load_network("resnet50", weights=retinaface_weights)
 
 
 def test_unusable_devices_are_named() -> None:
@@ -349,7 +410,7 @@ def test_options_are_checked() -> None:
 
 
 @pytest.mark.gpu
-def test_cuda_matches_cpu(shared_weights: Path, detector: RetinaFaceDetector) -> None:
+def test_cuda_matches_cpu(retinaface_weights: Path, detector: RetinaFaceDetector) -> None:
     net, _ = load_network("mobilenet0.25")
     cuda = RetinaFaceDetector(net, device="cuda")
     half = RetinaFaceDetector(net, device="cuda", half=True)
