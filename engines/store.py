@@ -285,10 +285,10 @@ def _download(
     check: Callable[[Path], None],
     progress: ProgressCallback | None,
     timeout_s: float,
-) -> tuple[Path | None, list[str]]:
+) -> tuple[Path | None, dict[str, Exception]]:
     """The first of ``urls`` that downloads and passes ``check``, as a temporary file in
     ``target_dir`` (the caller removes it); or None and why each address failed."""
-    errors: list[str] = []
+    errors: dict[str, Exception] = {}
     for url in urls:
         tmp_path = _partial_path(target_dir, "download")
         try:
@@ -305,7 +305,7 @@ def _download(
             check(tmp_path)
             return tmp_path, errors
         except (urllib.error.URLError, OSError, StoreError) as exc:
-            errors.append(f"{url}: {exc}")
+            errors[url] = exc
             tmp_path.unlink(missing_ok=True)
     return None, errors
 
@@ -344,8 +344,10 @@ def pull(name: str, progress: ProgressCallback | None = None, timeout_s: float =
             finally:
                 downloaded.unlink(missing_ok=True)
         what = f"{art.source.filename} (which holds {art.name})"
+    unreachable = not any(isinstance(exc, StoreError) for exc in errors.values())
     raise StoreError(
-        f"could not download {what} (offline?):\n  " + "\n  ".join(errors)
+        f"could not download {what}{' (offline?)' if unreachable else ''}:\n  "
+        + "\n  ".join(f"{url}: {exc}" for url, exc in errors.items())
         + f"\nManual steps: {manual_steps(art)}"
     )
 
