@@ -90,6 +90,9 @@ class OnnxRuntimeScorer:
             raise ValueError("max_batch must be at least 1")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning workers starve when another process holds a core (the service shares the
+        # CPU with decoding and face detection); blocking waits degrade gracefully.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
