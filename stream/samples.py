@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
@@ -107,6 +106,8 @@ def write_video(
     crf: int = 23,
 ) -> Path:
     """Encode RGB frames to an H.264 (or other codec) file with a given GOP structure."""
+    import av
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
