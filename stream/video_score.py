@@ -87,7 +87,7 @@ def uniform_indices(total: int, count: int) -> list[int]:
         return []
     if count >= total:
         return list(range(total))
-    return sorted({int(round(i)) for i in np.linspace(0, total - 1, count)})
+    return sorted({round(float(i)) for i in np.linspace(0, total - 1, count)})
 
 
 def _count_frames(path: Path) -> int:
