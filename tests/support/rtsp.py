@@ -14,12 +14,16 @@ SERVER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rtsp_server.p
 
 
 class RtspServer:
-    """Serves ``media`` at ``url``; ``stop()`` then ``start()`` reuses the same port."""
+    """Serves ``media`` at ``url``, looping seamlessly unless ``loop`` is false (then the stream
+    ends with the file); ``stop()`` then ``start()`` reuses the same port."""
 
-    def __init__(self, media: Path, *, port: int | None = None, path: str = "/live") -> None:
+    def __init__(
+        self, media: Path, *, port: int | None = None, path: str = "/live", loop: bool = True
+    ) -> None:
         self.media = media
         self.port = port or free_tcp_port()
         self.path = path
+        self.loop = loop
         self._process: subprocess.Popen[str] | None = None
 
     @property
@@ -29,7 +33,7 @@ class RtspServer:
     def start(self, timeout_s: float = 15.0) -> RtspServer:
         self._process = subprocess.Popen(
             [SYSTEM_PYTHON, str(SERVER_SCRIPT), str(self.media), "--port", str(self.port),
-             "--path", self.path],
+             "--path", self.path, *([] if self.loop else ["--no-loop"])],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
