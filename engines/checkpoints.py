@@ -604,6 +604,8 @@ def check_calibration(calibration: Mapping[str, Any]) -> dict[str, Any]:
         raise CheckpointError(
             f"calibration {method!r} takes {CALIBRATION_PARAMS[method]} params, got {len(params)}"
         )
+    if method == "temperature" and params[0] <= 0:
+        raise CheckpointError(f"calibration temperature must be > 0, got {params[0]}")
     return {"method": method, "params": [float(p) for p in params]}
 
 

@@ -149,7 +149,8 @@ def test_calibration_is_validated() -> None:
         "head.weight": torch.ones(2, 64), "head.bias": torch.zeros(2),
     })
     for bad in ({"method": "isotonic", "params": []}, {"method": "platt", "params": [1.0]},
-                {"method": "temperature", "params": [float("nan")]}):
+                {"method": "temperature", "params": [float("nan")]},
+                {"method": "temperature", "params": [0.0]}):
         with pytest.raises(CheckpointError, match="calibration"):
             bundle_from_model(model, None, calibration=bad)
 
