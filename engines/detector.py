@@ -189,6 +189,4 @@ def load_detector(config: DetectorConfig) -> tuple[CropScorer, DetectorInfo]:
         "device": scorer.device,
         "precision": str(getattr(scorer, "precision", config.precision)),
     })
-    if not info.trained:
-        log.warning(UNTRAINED_WARNING)
     return scorer, info
