@@ -55,6 +55,7 @@ class StreamSlot:
     frame_errors: int = 0
     last: ScoreResult | None = None
     last_error: str | None = None
+    closed: bool = False
     rate: RateMeter = field(default_factory=RateMeter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -121,10 +122,13 @@ class Pipeline:
         return slot
 
     def remove(self, stream_id: str) -> StreamSlot | None:
-        """Stop analysing a stream; its frames still in flight are dropped."""
+        """Stop analysing a stream; its frames still in flight are dropped, and nothing more
+        of it is published once this returns."""
         with self._slots_lock:
             slot = self._slots.pop(stream_id, None)
         if slot is not None:
+            with slot.lock:  # waits for a frame of it being finished on the score thread
+                slot.closed = True
             self.face_stage.forget(stream_id)
         return slot
 
@@ -305,22 +309,27 @@ class Pipeline:
             for face_index, face in enumerate(result.faces)
             if (frame_index, face_index) in scored
         ]
-        if self.thresholds is not None:
-            self.thresholds.apply(slot.scoring)
-        now = self._clock()
-        score = slot.scoring.update(
-            seq=frame.seq, pts=frame.pts, captured_at=frame.captured_at, now=now, faces=faces
-        )
-        self.publisher.publish(score)
-        if score.evidence is not None:
-            self._put_evidence(score, result)
-        for event in score.events:
-            self.metrics.events.labels(event.type).inc()
         with slot.lock:
+            # Under the slot's lock, so that once remove() returns no frame of the stream is
+            # scored or published any more: its final events and stream.offline come last.
+            if slot.closed:
+                return
+            if self.thresholds is not None:
+                self.thresholds.apply(slot.scoring)
+            now = self._clock()
+            score = slot.scoring.update(
+                seq=frame.seq, pts=frame.pts, captured_at=frame.captured_at, now=now, faces=faces
+            )
+            if score.evidence is not None:
+                # Before the events: a listener that reacts to alert.start finds its evidence.
+                self._put_evidence(score, result)
+            self.publisher.publish(score)
             slot.analysed += 1
             slot.faces += len(faces)
             slot.last = score
             slot.rate.mark()
+        for event in score.events:
+            self.metrics.events.labels(event.type).inc()
         self.metrics.frames_analysed.labels(frame.stream_id).inc()
         self.metrics.faces.labels(frame.stream_id).inc(len(faces))
         self.metrics.end_to_end_seconds.observe(max(0.0, self._clock() - frame.captured_at))
