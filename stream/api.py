@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 TOKEN_COOKIE = "dfstream_token"
 LIVE_MAX_HZ_PER_STREAM = 4.0
+LIVE_KEEPALIVE_S = 15.0
 
 
 def is_loopback(host: str) -> bool:
@@ -110,7 +111,8 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     token = settings.api.token
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(application: FastAPI) -> AsyncIterator[None]:
+        application.state.loop = asyncio.get_running_loop()
         if manage_service:
             await service.start()
         try:
@@ -125,6 +127,8 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         summary="Streaming deepfake detection: streams, thresholds, health and metrics.",
         lifespan=lifespan,
     )
+    app.state.loop = None
+    app.state.closing = asyncio.Event()
     app.add_middleware(BodyLimit, limit=settings.api.max_body_bytes)
 
     @app.middleware("http")
@@ -238,7 +242,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     async def live(request: Request) -> StreamingResponse:
         """Server-sent events: live scores (at most a few per second per stream) and events."""
         return StreamingResponse(
-            _live_feed(service, request), media_type="text/event-stream",
+            _live_feed(service, request, app.state.closing), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -256,22 +260,51 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     return app
 
 
-async def _live_feed(service: Service, request: Request) -> AsyncIterator[bytes]:
+def end_live_feeds(app: FastAPI) -> None:
+    """End the open live feeds; safe from a signal handler or any thread. A graceful shutdown
+    waits for open responses, and a dashboard's feed never ends by itself."""
+    loop: asyncio.AbstractEventLoop | None = app.state.loop
+    if loop is not None and not loop.is_closed():
+        loop.call_soon_threadsafe(app.state.closing.set)
+
+
+async def _next(messages: AsyncIterator[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    return await anext(messages)
+
+
+async def _live_feed(
+    service: Service, request: Request, closing: asyncio.Event
+) -> AsyncIterator[bytes]:
     last_sent: dict[str, float] = {}
     yield b": connected\n\n"
     async with service.subscribe_live() as messages:
-        while not await request.is_disconnected():
-            try:
-                kind, payload = await asyncio.wait_for(messages.__anext__(), timeout=15.0)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
-            except StopAsyncIteration:
-                return
-            if kind == "score":
-                stream_id = str(payload.get("stream", ""))
-                now = time.monotonic()
-                if now - last_sent.get(stream_id, 0.0) < 1.0 / LIVE_MAX_HZ_PER_STREAM:
+        # One read stays pending across keep-alives: cancelling a read would close the
+        # subscription's generator, and with it the feed.
+        reading = asyncio.ensure_future(_next(messages))
+        ended = asyncio.ensure_future(closing.wait())
+        try:
+            while not await request.is_disconnected():
+                done, _ = await asyncio.wait(
+                    {reading, ended}, timeout=LIVE_KEEPALIVE_S,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if ended in done:
+                    return
+                if reading not in done:
+                    yield b": keep-alive\n\n"
                     continue
-                last_sent[stream_id] = now
-            yield f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+                try:
+                    kind, payload = reading.result()
+                except StopAsyncIteration:
+                    return
+                reading = asyncio.ensure_future(_next(messages))
+                if kind == "score":
+                    stream_id = str(payload.get("stream", ""))
+                    now = time.monotonic()
+                    if now - last_sent.get(stream_id, 0.0) < 1.0 / LIVE_MAX_HZ_PER_STREAM:
+                        continue
+                    last_sent[stream_id] = now
+                yield f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+        finally:
+            reading.cancel()
+            ended.cancel()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -46,20 +50,44 @@ def run_service(settings: Settings) -> None:
     """Serve the API and run the pipeline until SIGINT/SIGTERM, then shut down gracefully."""
     import uvicorn
 
-    from stream.api import create_app
+    from stream.api import create_app, end_live_feeds
     from stream.service import Service
+
+    class GracefulServer(uvicorn.Server):
+        """On SIGINT/SIGTERM: live feeds end at once (the shutdown waits for open responses,
+        and a dashboard never hangs up by itself), and after the graceful shutdown the process
+        exits 0 rather than re-raising the signal as uvicorn does, so that supervisors see a
+        clean stop, not a kill."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            end_live_feeds(api_app)
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
 
     check_bind(settings)
     service = Service(settings)
+    api_app = create_app(service)
     config = uvicorn.Config(
-        create_app(service),
+        api_app,
         host=settings.api.host,
         port=settings.api.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=30,
     )
-    uvicorn.Server(config).run()
+    GracefulServer(config).run()
 
 
 @app.command()
