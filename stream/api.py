@@ -21,9 +21,11 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stream.config import STREAM_ID_PATTERN, StreamSpec
+from stream.redis_contract import redact
 from stream.thresholds import ThresholdError, ThresholdUpdate
 
 if TYPE_CHECKING:
@@ -130,6 +132,12 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     app.state.loop = None
     app.state.closing = asyncio.Event()
     app.add_middleware(BodyLimit, limit=settings.api.max_body_bytes)
+
+    @app.exception_handler(RedisError)
+    async def redis_unreachable(_request: Request, exc: RedisError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"Redis is unreachable, try again: {redact(str(exc))}"}, status_code=503
+        )
 
     @app.middleware("http")
     async def bearer_auth(
