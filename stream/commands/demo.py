@@ -1,168 +1,547 @@
-"""``dfstream demo``: frames flowing from a real RTSP stream, with live per-stream stats.
+"""``dfstream demo``: the whole service on a sample camera, with nothing to set up.
 
-It writes a sample video of a moving face, serves it with GStreamer's RTSP server (the system
-Python's ``gi``), reads it with the PyAV source next to the same file replayed as live, and
-shows what each source reports. The full service demo (faces, scores, Redis) replaces the
-reading loop here once the pipeline exists.
+It writes (once; then it is cached) a video of a real face moving, serves it over loopback RTSP
+with GStreamer's server as a camera that never stops, starts an embedded redis-server on a
+loopback port, and runs the full service in this process: the pipeline, the HTTP API and the
+dashboard. A live table shows each stream; ``dfstream watch --redis-url URL`` works from another
+shell. Ctrl-C, SIGTERM or ``--duration`` shut it down gracefully.
+
+The latency it reports is what a subscriber sees: it subscribes to the live score channels and,
+for every message, takes the time it arrived minus the frame's ``captured_at`` (the wall clock
+when the frame was decoded).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import select
-import statistics
+import signal
+import socket
 import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter, deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
 
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from stream.config import DetectorSettings, Settings
+    from stream.service import Service
+
+log = logging.getLogger("dfstream.demo")
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 RTSP_SERVER = Path(__file__).resolve().parents[2] / "scripts" / "rtsp_server.py"
+RTSP_PATH = "/demo"
 
 
-def _serve_rtsp(media: Path, port: int, timeout_s: float = 20.0) -> subprocess.Popen[str]:
-    """Start scripts/rtsp_server.py and wait for its READY line."""
-    if not RTSP_SERVER.is_file() or not Path(SYSTEM_PYTHON).exists():
-        raise fail(f"the demo needs {RTSP_SERVER} and {SYSTEM_PYTHON} (run it from the "
-                   "repository; `make demo` installs what it needs)")
-    process = subprocess.Popen(
-        [SYSTEM_PYTHON, str(RTSP_SERVER), str(media), "--port", str(port), "--path", "/demo"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            err = process.stderr.read().strip() if process.stderr else ""
-            raise fail(f"the RTSP server did not start: {err or 'exit ' + str(process.returncode)}"
-                       " (GStreamer's RTSP server packages missing? `make demo` installs them)")
-        ready, _, _ = select.select([process.stdout], [], [], 0.1)
-        if ready and process.stdout.readline().startswith("READY"):
-            return process
-    process.kill()
-    raise fail(f"the RTSP server did not answer within {timeout_s:g} s")
+@dataclass(frozen=True)
+class Sample:
+    """The generated camera: 640x360 keeps decoding light next to analysis on a small CPU."""
+
+    width: int = 640
+    height: int = 360
+    fps: int = 30
+    seconds: float = 10.0
+    gop: int = 30
+
+    @property
+    def filename(self) -> str:
+        return (f"demo-face-{self.width}x{self.height}-{self.fps}fps-{self.seconds:g}s-"
+                f"gop{self.gop}.mp4")
 
 
-def _table(sources: list[Any], latencies: dict[str, list[float]], elapsed: float) -> Any:
-    from rich.table import Table
+def sample_video(sample: Sample = Sample()) -> tuple[Path, bool]:
+    """The sample video and whether it came from the cache: in the model store's ``samples/``,
+    else in the temp dir when the store is not writable."""
+    from engines import store
+    from stream.samples import write_face_video
 
-    table = Table(
-        title=f"dfstream demo: ingest, {elapsed:.0f} s (Ctrl-C to stop)",
-        caption="The sample RTSP server ends its stream with the file; the camera source "
-        "then reconnects, as it would to a real camera that went away.",
-    )
-    for column in ("stream", "status", "size", "fps in", "fps out", "taken", "dropped",
-                   "reconnects", "decoded→taken", "last error"):
-        table.add_column(column, overflow="fold")
-    for source in sources:
-        s = source.stats()
-        dropped = ", ".join(f"{k} {v}" for k, v in s.dropped.items() if v) or "-"
-        recent = latencies[s.stream_id][-50:]
-        latency = f"{statistics.median(recent) * 1000:.0f} ms" if recent else "-"
-        color = {"live": "green", "failed": "red", "stopped": "dim"}.get(s.status, "yellow")
-        table.add_row(
-            s.stream_id, f"[{color}]{s.status}[/{color}]",
-            f"{s.width}x{s.height} {s.codec or ''}".strip() if s.width else "-",
-            f"{s.fps_in:.1f}", f"{s.fps_out:.1f}", str(s.frames_taken), dropped,
-            str(s.reconnects), latency, s.last_error or "",
+    places = (store.home() / "samples", Path(tempfile.gettempdir()) / "dfstream-samples")
+    problems = []
+    for directory in places:
+        path = directory / sample.filename
+        if path.is_file():
+            return path, True
+        partial = directory / f".{os.getpid()}-{sample.filename}"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            write_face_video(partial, sample.width, sample.height, seconds=sample.seconds,
+                             fps=sample.fps, gop=sample.gop)
+            os.replace(partial, path)  # a crash never leaves a truncated sample behind
+            return path, False
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            problems.append(f"{directory}: {exc}")
+    raise fail("cannot write the sample video: " + "; ".join(problems))
+
+
+class RtspCamera:
+    """scripts/rtsp_server.py serving ``media`` in a loop, in its own session so that a Ctrl-C
+    meant for the demo does not cut the camera off before the graceful shutdown."""
+
+    def __init__(self, media: Path) -> None:
+        from stream.redis_server import free_tcp_port
+
+        self.media = media
+        self.port = free_tcp_port()
+        self.url = f"rtsp://127.0.0.1:{self.port}{RTSP_PATH}"
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self, timeout_s: float = 20.0) -> RtspCamera:
+        if not RTSP_SERVER.is_file() or not Path(SYSTEM_PYTHON).exists():
+            raise fail(f"the demo needs {RTSP_SERVER} and {SYSTEM_PYTHON} with GStreamer's RTSP "
+                       "server (run it from the repository: `make demo` installs what it needs)")
+        process = subprocess.Popen(
+            [SYSTEM_PYTHON, str(RTSP_SERVER), str(self.media), "--port", str(self.port),
+             "--path", RTSP_PATH],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
-    return table
+        self._process = process
+        assert process.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                err = process.stderr.read().strip() if process.stderr else ""
+                self.stop()
+                raise fail(f"the RTSP server did not start: {err or f'exit {process.returncode}'}"
+                           " (GStreamer's RTSP server packages missing? `make demo` installs them)")
+            ready, _, _ = select.select([process.stdout], [], [], 0.1)
+            if ready and process.stdout.readline().startswith("READY"):
+                return self
+        self.stop()
+        raise fail(f"the RTSP server did not answer within {timeout_s:g} s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@dataclass
+class DetectorChoice:
+    settings: DetectorSettings
+    untrained_note: str | None = None
+    """Why random weights and which architecture, when no trained detector is installed."""
+
+
+def choose_detector(configured: DetectorSettings) -> DetectorChoice:
+    """The configured bundle; else the best installed one of any architecture (ViT-L/14 first);
+    else random weights: ViT-L/14 on a CUDA GPU, the ``tiny`` network on a CPU."""
+    from engines.detector import best_installed_bundle
+
+    if configured.bundle is not None:
+        return DetectorChoice(configured)
+    for arch in dict.fromkeys((configured.arch, "ViT-L-14", "ViT-B-16")):
+        best = best_installed_bundle(arch)
+        if best is not None:
+            return DetectorChoice(configured.model_copy(
+                update={"arch": arch, "bundle": str(best.path)}))
+    if _on_cuda(configured.device):
+        arch = "ViT-L-14"
+        note = "random-weight ViT-L/14 scorer on the GPU (the production architecture)"
+    else:
+        arch = "tiny"
+        note = ("random-weight `tiny` scorer: on a CPU a ViT-L/14 cannot keep up with live "
+                "video, so the demo runs a tiny network of the same interface instead "
+                "(with a CUDA GPU it runs ViT-L/14)")
+    return DetectorChoice(configured.model_copy(update={"arch": arch, "allow_untrained": True}),
+                          note)
+
+
+def _on_cuda(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import torch
+
+    return device.startswith("cuda") or torch.cuda.is_available()
+
+
+class ScoreProbe(threading.Thread):
+    """A subscriber of its own: every live score message's arrival minus its ``captured_at``,
+    and the live events for the table. A thread, so the service's event loop being busy does
+    not flatter or inflate what a separate subscriber would see."""
+
+    def __init__(self, redis_url: str, prefix: str, recent_events: int = 8) -> None:
+        super().__init__(name="dfstream-demo-probe", daemon=True)
+        from stream.redis_contract import RedisKeys
+
+        self.redis_url = redis_url
+        self.keys = RedisKeys(prefix)
+        self.latencies: list[float] = []
+        self.received: Counter[str] = Counter()
+        self.events: deque[dict[str, Any]] = deque(maxlen=recent_events)
+        self.error: str | None = None
+        self.subscribed = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=5)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.psubscribe(self.keys.scores("*"))
+            pubsub.subscribe(self.keys.events)
+            self.subscribed.set()
+            while not self._stopping.is_set():
+                message = pubsub.get_message(timeout=0.2)
+                if message is None:
+                    continue
+                received_at = time.time()
+                try:
+                    payload = json.loads(message["data"])
+                except ValueError:
+                    continue
+                with self._lock:
+                    if message["type"] == "pmessage":
+                        captured_at = payload.get("captured_at")
+                        if isinstance(captured_at, int | float):
+                            self.latencies.append(received_at - captured_at)
+                        self.received[str(payload.get("stream"))] += 1
+                    else:
+                        self.events.append(payload)
+        except redis.RedisError as exc:
+            self.error = str(exc)
+        finally:
+            self.subscribed.set()
+            pubsub.close()
+            client.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(5)
+
+    def recent(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.events)
+
+    def latency_ms(self) -> dict[str, Any]:
+        import numpy as np
+
+        with self._lock:
+            values = np.array(self.latencies) * 1000.0
+        if not len(values):
+            return {"p50": None, "p99": None, "max": None, "samples": 0}
+        p50, p99 = np.percentile(values, [50, 99])
+        return {"p50": round(float(p50), 1), "p99": round(float(p99), 1),
+                "max": round(float(values.max()), 1), "samples": len(values)}
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM (outside uvicorn's own handling) or the duration."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.reason = self.reason or signal.Signals(signum).name
+
+
+@dataclass
+class DemoRun:
+    settings: Settings
+    camera: RtspCamera
+    streams: int
+    untrained_note: str | None
+    redis_url: str
+    host: str
+    listener: socket.socket
+    duration: float | None
+    stop: StopRequest
+    began: float
+    dashboard: str = ""
 
 
 @app.command()
 def demo(
     duration: Annotated[float | None, typer.Option(
-        min=1, help="Stop after this many seconds (default: run until Ctrl-C).",
+        min=1, help="Stop after this many seconds of streaming (default: run until Ctrl-C).",
         show_default=False)] = None,
     json_summary: Annotated[bool, typer.Option(
-        "--json-summary", help="At the end, print a JSON summary on stdout.")] = False,
-    sample_seconds: Annotated[float, typer.Option(
-        min=2, max=600, help="Length of the generated sample video.")] = 12.0,
+        "--json-summary", help="At the end, print a JSON summary on stdout (frames analysed, "
+        "events, latency decoded -> received by a subscriber).")] = False,
+    streams: Annotated[int, typer.Option(
+        min=1, max=32, help="How many streams read the sample camera (each its own RTSP "
+        "client).")] = 1,
+    port: Annotated[int, typer.Option(
+        min=0, max=65535, help="HTTP port of the API and dashboard (0: a free one).")] = 0,
+    media: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="Serve this H.264 video instead of the generated "
+        "face sample.", show_default=False)] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
     config: ConfigOption = None,
 ) -> None:
-    """Serve a generated face video over a local RTSP server and show frames flowing through
-    the ingest, with live per-stream stats."""
-    from rich.live import Live
+    """The full service on a sample camera: embedded Redis, a looping RTSP stream of a real
+    face, the pipeline, the HTTP API and the dashboard, with a live table. Nothing to set up."""
+    import asyncio
 
-    from stream.redis_server import free_tcp_port
-    from stream.samples import write_face_video
-    from stream.sources.pyav import PyAVSource
+    from stream.commands.serve import check_bind, configure_logging
+    from stream.redis_server import EmbeddedRedis, RedisServerError
 
+    began = time.monotonic()
     settings = settings_or_exit(config)
-    # The replayed stream is the demo's own file: allow local files for this run only.
-    ingest = settings.ingest.model_copy(
-        update={"allowed_schemes": sorted({*settings.ingest.allowed_schemes, "file"})}
-    )
-    with tempfile.TemporaryDirectory(prefix="dfstream-demo-") as tmp:
-        console.print(f"[dim]writing a {sample_seconds:g} s sample video of a moving face[/dim]")
-        media = write_face_video(Path(tmp) / "face.mp4", 640, 360, seconds=sample_seconds, gop=30)
-        port = free_tcp_port()
-        server = _serve_rtsp(media, port)
-        url = f"rtsp://127.0.0.1:{port}/demo"
-        console.print(f"[dim]serving {url}[/dim]")
-        landed = threading.Event()
-        sources = [
-            PyAVSource("rtsp-camera", url, ingest, on_frame=landed.set),
-            PyAVSource("file-replay", str(media), ingest, realtime=True, loop=True,
-                       on_frame=landed.set),
-        ]
-        latencies: dict[str, list[float]] = {s.stream_id: [] for s in sources}
-        started = time.monotonic()
-        try:
-            for source in sources:
-                source.start()
-            with Live(_table(sources, latencies, 0), console=console, refresh_per_second=4,
-                      transient=json_summary) as live:
-                next_draw = 0.0
-                while duration is None or time.monotonic() - started < duration:
-                    landed.wait(0.25)
-                    landed.clear()
-                    for source in sources:
-                        frame = source.take()
-                        if frame is not None:
-                            frame.detection_image(ingest.detect_max_side)
-                            latencies[source.stream_id].append(time.time() - frame.captured_at)
-                    if time.monotonic() >= next_draw:
-                        live.update(_table(sources, latencies, time.monotonic() - started))
-                        next_draw = time.monotonic() + 0.25
-        except KeyboardInterrupt:
-            pass
-        finally:
-            for source in sources:
-                source.stop()
-            server.terminate()
+    configure_logging(log_level.upper())
+    if settings.home is not None:
+        os.environ["DFSTREAM_HOME"] = str(settings.home)
+    if settings.weights_dir is not None:
+        os.environ["DFSTREAM_WEIGHTS_DIR"] = str(settings.weights_dir)
+    check_bind(settings)
+
+    stop = StopRequest()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    redis_server: EmbeddedRedis | None = None
+    camera: RtspCamera | None = None
+    listener: socket.socket | None = None
+    try:
+        if media is None:
+            with console.status("writing the sample video (a real face, moving; once)"):
+                media, cached = sample_video()
+            console.print(f"[dim]sample video: {media}{' (cached)' if cached else ''}[/dim]",
+                          soft_wrap=True)
+        camera = RtspCamera(media).start()
+        console.print(f"[dim]camera: {camera.url} (GStreamer RTSP server, looping)[/dim]",
+                      soft_wrap=True)
+        redis_url = settings.redis.url
+        if redis_url is None:
             try:
-                server.wait(5)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        summary = _summary(sources, latencies, time.monotonic() - started)
+                redis_server = EmbeddedRedis().start()
+            except RedisServerError as exc:
+                raise fail(str(exc)) from None
+            redis_url = redis_server.url
+        choice = choose_detector(settings.detector)
+        settings = settings.model_copy(update={
+            "detector": choice.settings,
+            "redis": settings.redis.model_copy(update={"url": redis_url}),
+        })
+        listener = _listen(settings.api.host, port)
+        run = DemoRun(settings, camera, streams, choice.untrained_note, redis_url,
+                      settings.api.host, listener, duration, stop, began)
+        summary = asyncio.run(_run(run))
+    finally:
+        if listener is not None:
+            listener.close()
+        if camera is not None:
+            camera.stop()
+        if redis_server is not None:
+            redis_server.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if json_summary:
         typer.echo(json.dumps(summary, indent=2))
 
 
-def _summary(sources: list[Any], latencies: dict[str, list[float]], elapsed: float) -> dict:
-    streams = {}
-    for source in sources:
-        s = source.stats()
-        values = sorted(latencies[s.stream_id])
-        streams[s.stream_id] = {
-            "status": s.status.value,
-            "frames_in": s.frames_in,
-            "frames_decoded": s.frames_decoded,
-            "frames_taken": s.frames_taken,
-            "dropped": s.dropped,
-            "reconnects": s.reconnects,
-            "last_error": s.last_error,
-            "decoded_to_taken_ms": {
-                "p50": round(values[len(values) // 2] * 1000, 1) if values else None,
-                "p99": round(values[min(len(values) - 1, int(len(values) * 0.99))] * 1000, 1)
-                if values else None,
-            },
-        }
-    return {"duration_s": round(elapsed, 1), "streams": streams}
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the API's socket here, so a taken port is a clear error before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+async def _run(run: DemoRun) -> dict[str, Any]:
+    import asyncio
+
+    import uvicorn
+    from rich.live import Live
+
+    from stream.api import create_app
+    from stream.config import StreamSpec
+    from stream.service import Service
+
+    service = Service(run.settings)
+    with console.status("loading the face detector and the scorer, warming them up"):
+        try:
+            await service.start()
+        except Exception as exc:  # anything that stops start-up: say what, not a traceback
+            log.debug("service start-up failed", exc_info=True)
+            await service.close()
+            raise fail(f"the service did not start: {exc}") from None
+    info = service.detector_info
+    assert info is not None
+    port = run.listener.getsockname()[1]
+    shown_host = f"[{run.host}]" if ":" in run.host else run.host
+    run.dashboard = f"http://{shown_host}:{port}/"
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(service, manage_service=False), log_config=None, access_log=False,
+        lifespan="off", timeout_graceful_shutdown=5,
+    ))
+    serving = asyncio.create_task(server.serve(sockets=[run.listener]))
+    probe = ScoreProbe(run.redis_url, run.settings.redis.prefix)
+    probe.start()
+    await asyncio.to_thread(probe.subscribed.wait, 10)
+    if not info.trained:
+        console.print(_untrained_banner(run.untrained_note))
+    console.print(f"dashboard: {run.dashboard}", soft_wrap=True)
+    console.print(f"watch from another shell: dfstream watch --redis-url {run.redis_url}",
+                  soft_wrap=True)
+    events_since = await _last_event_id(run)
+    for index in range(run.streams):
+        stream_id = "demo" if index == 0 else f"demo-{index + 1}"
+        await service.add_stream(StreamSpec(id=stream_id, url=run.camera.url))
+    started = time.monotonic()
+    startup_s = started - run.began
+    snapshot: list[dict[str, Any]] = []
+    try:
+        with Live(_view(run, service, probe, 0.0), console=console, refresh_per_second=2,
+                  transient=False) as live:
+            while run.stop.reason is None and not serving.done():
+                elapsed = time.monotonic() - started
+                if run.duration is not None and elapsed >= run.duration:
+                    run.stop.reason = "duration"
+                    break
+                snapshot = service.list_streams()
+                live.update(_view(run, service, probe, elapsed, snapshot))
+                await asyncio.sleep(0.5)
+            snapshot = service.list_streams()
+            live.update(_view(run, service, probe, time.monotonic() - started, snapshot))
+        if not console.is_terminal:
+            console.line()  # the last rendering of the table ends without one
+    finally:
+        elapsed = time.monotonic() - started
+        console.print(f"[dim]stopping ({run.stop.reason or 'signal'}): streams, outbox, "
+                      "Redis...[/dim]")
+        server.should_exit = True
+        await serving
+        await service.close()
+        probe.stop()
+    events = await _events_since(run, events_since)
+    return {
+        "duration_s": round(elapsed, 1),
+        "startup_s": round(startup_s, 1),
+        "dashboard": run.dashboard,
+        "redis_url": run.redis_url,
+        "rtsp_url": run.camera.url,
+        "untrained": not info.trained,
+        "detector": {"arch": info.arch, "trained": info.trained, "bundle": info.bundle,
+                     "backend": info.backend, "device": info.device},
+        "frames_analysed": {s["id"]: s["frames_analysed"] for s in snapshot},
+        "streams": {s["id"]: {k: s[k] for k in ("status", "fps_in", "fps_analysed",
+                                                "frames_analysed", "reconnects", "dropped",
+                                                "last_error")} for s in snapshot},
+        "scores_received": dict(probe.received),
+        "events": {"count": len(events), "types": [e.get("type") for e in events],
+                   "by_type": dict(Counter(str(e.get("type")) for e in events))},
+        "latency_ms": {**probe.latency_ms(),
+                       "measured": "received by a subscriber minus captured_at (decoded), "
+                                   "every live score message"},
+        "subscriber_error": probe.error,
+    }
+
+
+async def _last_event_id(run: DemoRun) -> str:
+    """Where this run's events will start in the events Stream (a configured Redis may hold
+    earlier runs' events)."""
+    from stream.redis_contract import RedisKeys, connect
+
+    client = connect(run.redis_url)
+    try:
+        last: Any = await client.xrevrange(RedisKeys(run.settings.redis.prefix).events, count=1)
+    finally:
+        await client.aclose()
+    if not last:
+        return "-"
+    entry_id = last[0][0]
+    return "(" + (entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+
+
+async def _events_since(run: DemoRun, after: str) -> list[dict[str, Any]]:
+    """This run's events from the durable Stream, the shutdown's included."""
+    from redis.exceptions import RedisError
+
+    from stream.redis_contract import RedisKeys, connect
+
+    client = connect(run.redis_url)
+    try:
+        entries: Any = await client.xrange(RedisKeys(run.settings.redis.prefix).events,
+                                           min=after)
+    except (RedisError, OSError) as exc:
+        console.print(f"[yellow]events not read back from Redis: {exc}[/yellow]")
+        return []
+    finally:
+        await client.aclose()
+    events = []
+    for _entry_id, fields in entries:
+        raw = fields.get(b"event") or fields.get("event")
+        if raw is not None:
+            events.append(json.loads(raw))
+    return events
+
+
+def _untrained_banner(note: str | None) -> RenderableType:
+    from rich.panel import Panel
+
+    from engines.detector import UNTRAINED_WARNING
+
+    text = f"[bold]{UNTRAINED_WARNING}[/bold]"
+    if note:
+        text += f"\nThis demo runs a {note}."
+    return Panel(text, title="UNTRAINED DETECTOR: SCORES MEAN NOTHING",
+                 style="bold white on red", expand=True)
+
+
+def _view(
+    run: DemoRun, service: Service, probe: ScoreProbe, elapsed: float,
+    streams: list[dict[str, Any]] | None = None,
+) -> RenderableType:
+    from rich.console import Group
+    from rich.table import Table
+
+    info = service.detector_info
+    title = f"dfstream demo · {elapsed:.0f} s · {run.dashboard} · Ctrl-C to stop"
+    table = Table(title=title, expand=False)
+    for column in ("stream", "status", "fps in", "fps analysed", "frames", "faces",
+                   "p_stream", "state", "error"):
+        table.add_column(column, overflow="fold")
+    for s in streams if streams is not None else service.list_streams():
+        status_style = {"online": "green", "failed": "red", "offline": "dim"}.get(
+            s["status"], "yellow")
+        p = s["p_stream"]
+        state_style = "bold white on red" if s["state"] == "alert" else "green"
+        table.add_row(
+            s["id"], f"[{status_style}]{s['status']}[/{status_style}]", f"{s['fps_in']:.1f}",
+            f"{s['fps_analysed']:.1f}", str(s["frames_analysed"]), str(s["faces"]),
+            "-" if p is None else f"{p:.3f}", f"[{state_style}]{s['state']}[/{state_style}]",
+            s["last_error"] or "",
+        )
+    latency = probe.latency_ms()
+    detector = (f"{info.arch} {info.backend}/{info.device}"
+                + ("" if info.trained else " [bold white on red] UNTRAINED [/]")) if info else "-"
+    lines = [
+        f"detector: {detector}",
+        "latency decoded → subscriber: " + (
+            f"p50 {latency['p50']:.0f} ms, p99 {latency['p99']:.0f} ms "
+            f"({latency['samples']} messages)" if latency["samples"] else "-"),
+        f"redis: {run.redis_url}  (dfstream watch --redis-url {run.redis_url})",
+    ]
+    recent = probe.recent()
+    events = Table("latest events", "stream", "score", "at", box=None, show_header=True)
+    for event in reversed(recent[-6:]):
+        score = event.get("top_score") or event.get("score")
+        at = event.get("at") or event.get("start")
+        events.add_row(str(event.get("type")), str(event.get("stream")),
+                       "-" if score is None else f"{score:.3f}",
+                       time.strftime("%H:%M:%S", time.localtime(at)) if at else "-")
+    return Group(table, *lines, events if recent else "latest events: none yet")
