@@ -35,6 +35,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 TOKEN_COOKIE = "dfstream_token"
 LIVE_MAX_HZ_PER_STREAM = 4.0
 LIVE_KEEPALIVE_S = 15.0
+LIVE_RETRY_MS = 3000
 
 
 def is_loopback(host: str) -> bool:
@@ -285,34 +286,39 @@ async def _live_feed(
 ) -> AsyncIterator[bytes]:
     last_sent: dict[str, float] = {}
     yield b": connected\n\n"
-    async with service.subscribe_live() as messages:
-        # One read stays pending across keep-alives: cancelling a read would close the
-        # subscription's generator, and with it the feed.
-        reading = asyncio.ensure_future(_next(messages))
-        ended = asyncio.ensure_future(closing.wait())
-        try:
-            while not await request.is_disconnected():
-                done, _ = await asyncio.wait(
-                    {reading, ended}, timeout=LIVE_KEEPALIVE_S,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if ended in done:
-                    return
-                if reading not in done:
-                    yield b": keep-alive\n\n"
-                    continue
-                try:
-                    kind, payload = reading.result()
-                except StopAsyncIteration:
-                    return
-                reading = asyncio.ensure_future(_next(messages))
-                if kind == "score":
-                    stream_id = str(payload.get("stream", ""))
-                    now = time.monotonic()
-                    if now - last_sent.get(stream_id, 0.0) < 1.0 / LIVE_MAX_HZ_PER_STREAM:
+    try:
+        async with service.subscribe_live() as messages:
+            # One read stays pending across keep-alives: cancelling a read would close the
+            # subscription's generator, and with it the feed.
+            reading = asyncio.ensure_future(_next(messages))
+            ended = asyncio.ensure_future(closing.wait())
+            try:
+                while not await request.is_disconnected():
+                    done, _ = await asyncio.wait(
+                        {reading, ended}, timeout=LIVE_KEEPALIVE_S,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if ended in done:
+                        return
+                    if reading not in done:
+                        yield b": keep-alive\n\n"
                         continue
-                    last_sent[stream_id] = now
-                yield f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
-        finally:
-            reading.cancel()
-            ended.cancel()
+                    try:
+                        kind, payload = reading.result()
+                    except StopAsyncIteration:
+                        return
+                    reading = asyncio.ensure_future(_next(messages))
+                    if kind == "score":
+                        stream_id = str(payload.get("stream", ""))
+                        now = time.monotonic()
+                        if now - last_sent.get(stream_id, 0.0) < 1.0 / LIVE_MAX_HZ_PER_STREAM:
+                            continue
+                        last_sent[stream_id] = now
+                    yield f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+            finally:
+                reading.cancel()
+                ended.cancel()
+    except (RedisError, OSError) as exc:
+        # Say why and end the feed cleanly; the browser's EventSource comes back after `retry`.
+        detail = json.dumps({"detail": f"Redis is unreachable: {redact(str(exc))}"})
+        yield f"retry: {LIVE_RETRY_MS}\nevent: unavailable\ndata: {detail}\n\n".encode()

@@ -363,9 +363,6 @@ class Service:
         """Live score messages and events from Pub/Sub, for the dashboard (at-most-once)."""
         client = connect(self.redis_url, timeout_s=5.0, per_reply_timeout=False)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
-        scores_pattern = self.keys.scores("*")
-        await pubsub.psubscribe(scores_pattern)
-        await pubsub.subscribe(self.keys.events)
 
         async def messages() -> AsyncIterator[tuple[str, dict[str, Any]]]:
             async for message in pubsub.listen():
@@ -376,6 +373,8 @@ class Service:
                     yield kind, json.loads(message["data"])
 
         try:
+            await pubsub.psubscribe(self.keys.scores("*"))
+            await pubsub.subscribe(self.keys.events)
             yield messages()
         finally:
             with contextlib.suppress(Exception):
