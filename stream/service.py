@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from engines.calibration import Calibrator
@@ -29,7 +30,7 @@ from stream.faces import FaceStage
 from stream.metrics import ServiceMetrics
 from stream.pipeline import Pipeline
 from stream.publish import Publisher
-from stream.redis_contract import RedisKeys, connect, redact
+from stream.redis_contract import Backoff, RedisKeys, connect, redact
 from stream.redis_server import EmbeddedRedis
 from stream.scoring import StreamScoring
 from stream.sources.base import SourceStatus
@@ -69,6 +70,9 @@ class Service:
         self._thresholds: ThresholdStore | None = None
         self._warm = False
         self._status_task: asyncio.Task[None] | None = None
+        self._waiting: dict[str, StreamSpec] = {}
+        """Configured streams waiting for Redis to answer (their epoch needs it)."""
+        self._waiting_task: asyncio.Task[None] | None = None
         self._streams_lock = asyncio.Lock()
         self._started_at = time.time()
 
@@ -116,10 +120,33 @@ class Service:
         self.pipeline.start()
         self._status_task = asyncio.create_task(self._report_status(), name="dfstream-status")
         for spec in settings.streams:
-            try:
-                await self.add_stream(spec)
-            except (KeyError, ValueError) as exc:
-                log.error("configured stream %s not started: %s", spec.id, exc)
+            await self._start_configured(spec)
+        if self._waiting:
+            self._waiting_task = asyncio.create_task(
+                self._start_when_redis_answers(), name="dfstream-waiting-streams"
+            )
+
+    async def _start_configured(self, spec: StreamSpec) -> bool:
+        """Start a configured stream; one that needs Redis (for its epoch) waits for it."""
+        try:
+            await self.add_stream(spec)
+        except (KeyError, ValueError) as exc:
+            log.error("configured stream %s not started: %s", spec.id, exc)
+        except RedisError as exc:
+            if spec.id not in self._waiting:
+                log.warning("configured stream %s waits for Redis: %s", spec.id, exc)
+            self._waiting[spec.id] = spec
+            return False
+        self._waiting.pop(spec.id, None)
+        return True
+
+    async def _start_when_redis_answers(self) -> None:
+        backoff = Backoff(self.settings.redis.reconnect_base_s, self.settings.redis.reconnect_cap_s)
+        while self._waiting:
+            await asyncio.sleep(backoff.next_delay())
+            for spec in list(self._waiting.values()):
+                if not await self._start_configured(spec):
+                    break
 
     def _warm_up(self) -> None:
         """Run each engine once so the first real frame does not pay for lazy initialisation."""
@@ -131,10 +158,11 @@ class Service:
     async def close(self) -> None:
         """Graceful shutdown: streams stopped, open alerts ended, outbox flushed, offline events
         written, liveness released."""
-        if self._status_task is not None:
-            self._status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._status_task
+        for task in (self._status_task, self._waiting_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.pipeline is not None:
             for slot in self.pipeline.slots():
                 await self.remove_stream(slot.source.stream_id, reason="shutdown")
@@ -152,7 +180,8 @@ class Service:
     # -- streams ------------------------------------------------------------------------------
 
     async def add_stream(self, spec: StreamSpec) -> dict[str, Any]:
-        """Start analysing ``spec``. KeyError: the id is taken; ValueError: the URL is refused."""
+        """Start analysing ``spec``. KeyError: the id is taken; ValueError: the URL is refused;
+        RedisError: Redis is unreachable (nothing is started)."""
         assert self.pipeline is not None and self.publisher is not None
         try:
             check_url(spec.url, self.settings.ingest)
@@ -237,13 +266,18 @@ class Service:
         return [slot.source.stats() for slot in self.pipeline.slots()] if self.pipeline else []
 
     async def _next_epoch(self, stream_id: str) -> int:
-        """A fresh fencing epoch for this acquisition of the stream (DESIGN §6)."""
+        """A fresh fencing epoch for this acquisition of the stream (DESIGN §6). Only Redis
+        can give one: a made-up epoch could fall below the stream's last one, and subscribers
+        would then ignore the stream's messages as a stale worker's. So without Redis this
+        raises (a RedisError; the API answers 503)."""
         assert self._client is not None
         try:
             return int(await self._client.incr(self.keys.epoch(stream_id)))
         except (RedisError, OSError) as exc:
-            log.warning("stream %s: Redis unreachable for its epoch (%s); using 0", stream_id, exc)
-            return 0
+            raise RedisConnectionError(
+                f"no fencing epoch for stream {stream_id!r} from Redis {redact(self.redis_url)} "
+                f"({exc})"
+            ) from exc
 
     async def _register(self, spec: StreamSpec) -> None:
         """The streams hash names the streams that thresholds may be set for."""
