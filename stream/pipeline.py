@@ -328,10 +328,11 @@ class Pipeline:
             slot.faces += len(faces)
             slot.last = score
             slot.rate.mark()
+            # Here too: the stream's series are dropped at its removal and must not come back.
+            self.metrics.frames_analysed.labels(frame.stream_id).inc()
+            self.metrics.faces.labels(frame.stream_id).inc(len(faces))
         for event in score.events:
             self.metrics.events.labels(event.type).inc()
-        self.metrics.frames_analysed.labels(frame.stream_id).inc()
-        self.metrics.faces.labels(frame.stream_id).inc(len(faces))
         self.metrics.end_to_end_seconds.observe(max(0.0, self._clock() - frame.captured_at))
 
     def _put_evidence(self, score: ScoreResult, result: FrameFaces) -> None:

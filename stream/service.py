@@ -224,6 +224,10 @@ class Service:
             self.publisher.stream_offline(stream_id, reason=reason, final_events=final)
             if reason == "removed":
                 await self._unregister(stream_id)
+            # Its series go with it: streams that come and go (calls) must not pile them up.
+            for per_stream in (self.metrics.frames_analysed, self.metrics.faces):
+                with contextlib.suppress(KeyError):  # it never had an analysed frame
+                    per_stream.remove(stream_id)
             self.metrics.streams.set(len(self.pipeline.slots()))
         log.info("stream %s stopped (%s)", stream_id, reason)
         return True
