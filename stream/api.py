@@ -152,7 +152,10 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
             supplied = header[7:].strip()
         if request.url.path == "/" and request.query_params.get("token"):
             supplied = request.query_params["token"]
-        if supplied is None or not hmac.compare_digest(supplied, token):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 401).
+        if supplied is None or not hmac.compare_digest(
+            supplied.encode("utf-8", "replace"), token.encode()
+        ):
             return JSONResponse(
                 {"detail": "missing or wrong bearer token"},
                 status_code=401,
