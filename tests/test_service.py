@@ -304,6 +304,11 @@ def test_requests_without_the_token_are_refused(running: ServiceServer) -> None:
         assert anonymous.get("/readyz").status_code in (200, 503)
     with running.client(token="wrong-token") as wrong:
         assert wrong.get("/api/streams").status_code == 401
+    with httpx.Client(base_url=running.url) as odd:  # bytes no token has: refused, not a 500
+        assert odd.get("/api/streams", headers={"Authorization": b"Bearer \xe9t\xe9"}
+                       ).status_code == 401
+        assert odd.get("/api/streams", headers={"Cookie": b"dfstream_token=\xff"}
+                       ).status_code == 401
     with running.client() as bearer:
         assert bearer.get("/api/streams").status_code == 200
     with httpx.Client(base_url=running.url, cookies={"dfstream_token": TOKEN}) as cookie:
