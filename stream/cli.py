@@ -77,3 +77,4 @@ from stream.commands import models  # noqa: E402,F401
 from stream.commands import publish, thresholds, watch  # noqa: E402,F401
 from stream.commands import serve  # noqa: E402,F401
 from stream.commands import score  # noqa: E402,F401
+from stream.commands import bench_pipeline  # noqa: E402,F401
