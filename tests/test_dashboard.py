@@ -99,6 +99,21 @@ def test_page_lists_the_streams(page: Any, running: ServiceServer) -> None:
     assert all(stream in legend for stream in STREAMS)
 
 
+def test_the_table_follows_streams_added_and_removed(
+    page: Any, api: httpx.Client, running: ServiceServer
+) -> None:
+    url = running.settings.streams[0].url
+    assert api.post("/api/streams", json={"id": "popup", "url": url}).status_code == 201
+    page.wait_for_selector('#streams tr[data-stream="popup"]', timeout=WAIT_MS)
+    assert api.delete("/api/streams/popup").status_code == 204
+    page.wait_for_selector('#streams tr[data-stream="popup"]', state="detached",
+                           timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.querySelector('#summary').textContent.startsWith('2 stream(s)')",
+        timeout=WAIT_MS,
+    )
+
+
 def test_the_untrained_banner_shows(page: Any) -> None:
     page.wait_for_selector("#banner", state="visible", timeout=WAIT_MS)
     assert "UNTRAINED" in str(page.text_content("#banner"))
