@@ -13,6 +13,7 @@ when the frame was decoded).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -250,12 +252,17 @@ class ScoreProbe(threading.Thread):
 
 
 class StopRequest:
-    """Set by SIGINT/SIGTERM (outside uvicorn's own handling) or the duration."""
+    """SIGINT/SIGTERM handler: the first asks for a graceful stop, a second one stops at once
+    (KeyboardInterrupt; the camera and Redis children are still ended)."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.signals = 0
 
     def __call__(self, signum: int, _frame: object) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            raise KeyboardInterrupt
         self.reason = self.reason or signal.Signals(signum).name
 
 
@@ -361,13 +368,27 @@ def _listen(host: str, port: int) -> socket.socket:
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def _server_class() -> type:
+    import uvicorn
+
+    class DemoServer(uvicorn.Server):
+        """The demo's own SIGINT/SIGTERM handlers stay in place while it serves: they stop the
+        whole demo (streams, Redis, camera), not just the HTTP server."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return DemoServer
+
+
 async def _run(run: DemoRun) -> dict[str, Any]:
     import asyncio
 
     import uvicorn
     from rich.live import Live
 
-    from stream.api import create_app
+    from stream.api import create_app, end_live_feeds
     from stream.config import StreamSpec
     from stream.service import Service
 
@@ -384,9 +405,9 @@ async def _run(run: DemoRun) -> dict[str, Any]:
     port = run.listener.getsockname()[1]
     shown_host = f"[{run.host}]" if ":" in run.host else run.host
     run.dashboard = f"http://{shown_host}:{port}/"
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(service, manage_service=False), log_config=None, access_log=False,
-        lifespan="off", timeout_graceful_shutdown=5,
+    api = create_app(service, manage_service=False)
+    server = _server_class()(uvicorn.Config(
+        api, log_config=None, access_log=False, timeout_graceful_shutdown=5
     ))
     serving = asyncio.create_task(server.serve(sockets=[run.listener]))
     probe = ScoreProbe(run.redis_url, run.settings.redis.prefix)
@@ -422,7 +443,8 @@ async def _run(run: DemoRun) -> dict[str, Any]:
     finally:
         elapsed = time.monotonic() - started
         console.print(f"[dim]stopping ({run.stop.reason or 'signal'}): streams, outbox, "
-                      "Redis...[/dim]")
+                      "Redis... (Ctrl-C again to stop at once)[/dim]")
+        end_live_feeds(api)  # open dashboards would hold the graceful shutdown
         server.should_exit = True
         await serving
         await service.close()
