@@ -23,13 +23,14 @@ TEST_INGEST: dict[str, Any] = {
 
 
 def long_face_video(media_dir: Path) -> Path:
-    """20 s of the astronaut's face at 640x360, 15 fps: long enough that RTSP clients are not
-    forever reconnecting at the end of the file. Written once per session (the file is reused
-    when present), since several modules want it."""
-    path = media_dir / "face_360p_20s.mp4"
+    """20 s of the astronaut's face at 640x480, 15 fps: long enough that a stream is not
+    forever restarting, and large enough that the face stays above the face stage's
+    ``min_face_px`` all along (at 640x360 it shrinks below it for a third of the path). Written
+    once per session (the file is reused when present), since several modules want it."""
+    path = media_dir / "face_480p_20s.mp4"
     if not path.is_file():
         partial = path.with_suffix(".partial.mp4")
-        write_face_video(partial, 640, 360, seconds=20.0, fps=15, gop=30)
+        write_face_video(partial, 640, 480, seconds=20.0, fps=15, gop=30)
         partial.rename(path)
     return path
 
