@@ -73,6 +73,8 @@ class Service:
         self._waiting: dict[str, StreamSpec] = {}
         """Configured streams waiting for Redis to answer (their epoch needs it)."""
         self._waiting_task: asyncio.Task[None] | None = None
+        self._scores_dropped = 0
+        """The publisher's count of dropped live scores that the metrics have seen."""
         self._streams_lock = asyncio.Lock()
         self._started_at = time.time()
 
@@ -305,6 +307,9 @@ class Service:
                 continue
             stats = self.publisher.stats
             self.metrics.outbox_depth.set(stats.events_pending)
+            if stats.scores_dropped > self._scores_dropped:
+                self.metrics.publish_dropped.inc(stats.scores_dropped - self._scores_dropped)
+                self._scores_dropped = stats.scores_dropped
             for slot in self.pipeline.slots():
                 source = slot.source.stats()
                 dropped = sum(source.dropped.values())
