@@ -2,17 +2,19 @@
 
 Two worker threads overlap the stages (DESIGN §2): the *detect* thread collects the frames that
 are ready across streams (at most ``max_frames``, waiting at most ``max_wait_ms`` after the
-first), runs the face stage on them as one batch and hands the result on; the *score* thread
-scores the crops in batches of up to the scorer's ``max_batch``, calibrates, updates each
-stream's rolling scores and hysteresis, and publishes. While the scorer works on batch k the
+first, and no longer once every stream that is delivering has a frame ready), runs the face
+stage on them as one batch and hands the result on; the *score* thread scores the crops in
+batches of up to the scorer's ``max_batch``, calibrates, updates each stream's rolling scores
+and hysteresis, and publishes. While the scorer works on batch k the
 detector already runs on batch k+1. The hand-over queue holds one batch, so when analysis is
 slower than the streams, frames are superseded in the sources' mailboxes (counted there) rather
 than piling up as latency.
 
 Fairness: a batch takes at most one frame per stream, in rotating order, and at most
 ``max_crops_per_stream`` faces per frame go to the scorer, so neither a busy stream nor a
-crowded picture can starve the others. A dead or slow stream simply has no frame ready; nothing
-waits for it.
+crowded picture can starve the others. A dead or slow stream simply has no frame ready; a batch
+waits for it at most ``max_wait_ms``, and not at all once it has delivered nothing for
+``DELIVERING_WITHIN_S``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from stream.thresholds import ThresholdListener
 log = logging.getLogger(__name__)
 
 EVIDENCE_JPEG_QUALITY = 90
+DELIVERING_WITHIN_S = 1.0
+"""A stream with no frame taken for this long no longer counts when a batch waits for more."""
 _STOP = object()
 
 
@@ -56,6 +60,8 @@ class StreamSlot:
     last: ScoreResult | None = None
     last_error: str | None = None
     closed: bool = False
+    last_taken_at: float | None = None
+    """When analysis last took a frame of it (monotonic clock)."""
     rate: RateMeter = field(default_factory=RateMeter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -167,15 +173,19 @@ class Pipeline:
     # -- detect thread ------------------------------------------------------------------------
 
     def _collect(self) -> list[Frame]:
-        """Frames ready across streams: wait for the first, then up to ``max_wait_ms`` more."""
+        """Frames ready across streams: wait for the first, then up to ``max_wait_ms`` more, but
+        no longer once every stream that is delivering has a frame ready (waiting then only
+        adds latency: nothing more can come)."""
         settings = self.settings
         with self._ready:
             while self._pending == 0 and not self._stopping.is_set():
                 self._ready.wait(0.25)
             if self._stopping.is_set():
                 return []
+        target = min(settings.max_frames, max(1, self._delivering()))
+        with self._ready:
             deadline = time.monotonic() + settings.max_wait_ms / 1000.0
-            while self._pending < settings.max_frames and not self._stopping.is_set():
+            while self._pending < target and not self._stopping.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -187,10 +197,12 @@ class Pipeline:
         start = self._rotation % len(slots)
         self._rotation += 1
         frames: list[Frame] = []
+        now = time.monotonic()
         for slot in slots[start:] + slots[:start]:
             frame = slot.source.take()
             if frame is None:
                 continue
+            slot.last_taken_at = now
             frames.append(frame)
             if len(frames) >= settings.max_frames:
                 # Others keep their frame in the mailbox for the next batch.
@@ -198,6 +210,15 @@ class Pipeline:
                     self._pending += 1
                 break
         return frames
+
+    def _delivering(self) -> int:
+        """Streams that had a frame taken within ``DELIVERING_WITHIN_S``: a dead or stalled one
+        drops out, so it cannot hold batches back."""
+        since = time.monotonic() - DELIVERING_WITHIN_S
+        return sum(
+            1 for slot in self.slots()
+            if slot.last_taken_at is not None and slot.last_taken_at >= since
+        )
 
     def _detect_loop(self) -> None:
         metrics = self.metrics
