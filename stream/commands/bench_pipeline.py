@@ -63,7 +63,7 @@ def bench_pipeline(
     gain_seconds: Annotated[float, typer.Option(min=1, max=600, help="Seconds measured per "
                                                 "batching round and mode.")] = 6.0,
     gain_rounds: Annotated[int, typer.Option(min=1, max=20, help="Alternating rounds of the "
-                                             "batching comparison.")] = 2,
+                                             "batching comparison.")] = 3,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of fps per stream and latency "
                                               "against streams.", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
