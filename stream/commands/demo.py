@@ -115,9 +115,11 @@ class RtspCamera:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 err = process.stderr.read().strip() if process.stderr else ""
+                code = process.returncode
                 self.stop()
-                raise fail(f"the RTSP server did not start: {err or f'exit {process.returncode}'}"
-                           " (GStreamer's RTSP server packages missing? `make demo` installs them)")
+                hint = "" if code == 2 else (  # 2: the server refused the file, and said why
+                    " (GStreamer's RTSP server packages missing? `make demo` installs them)")
+                raise fail(f"the RTSP server did not start: {err or f'exit {code}'}{hint}")
             ready, _, _ = select.select([process.stdout], [], [], 0.1)
             if ready and process.stdout.readline().startswith("READY"):
                 return self
@@ -252,16 +254,18 @@ class ScoreProbe(threading.Thread):
 
 
 class StopRequest:
-    """SIGINT/SIGTERM handler: the first asks for a graceful stop, a second one stops at once
-    (KeyboardInterrupt; the camera and Redis children are still ended)."""
+    """SIGINT/SIGTERM handler. Once the service runs (``graceful``), the first signal asks for
+    a graceful stop and a second one stops at once; before that, any stops at once. Stopping
+    at once is a KeyboardInterrupt, so the camera and Redis children are still ended."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.graceful = False
         self.signals = 0
 
     def __call__(self, signum: int, _frame: object) -> None:
         self.signals += 1
-        if self.signals > 1:
+        if not self.graceful or self.signals > 1:
             raise KeyboardInterrupt
         self.reason = self.reason or signal.Signals(signum).name
 
@@ -273,7 +277,6 @@ class DemoRun:
     streams: int
     untrained_note: str | None
     redis_url: str
-    host: str
     listener: socket.socket
     duration: float | None
     stop: StopRequest
@@ -337,14 +340,16 @@ def demo(
             except RedisServerError as exc:
                 raise fail(str(exc)) from None
             redis_url = redis_server.url
-        choice = choose_detector(settings.detector)
+        with console.status("looking for an installed detector"):
+            choice = choose_detector(settings.detector)
         settings = settings.model_copy(update={
             "detector": choice.settings,
             "redis": settings.redis.model_copy(update={"url": redis_url}),
         })
         listener = _listen(settings.api.host, port)
-        run = DemoRun(settings, camera, streams, choice.untrained_note, redis_url,
-                      settings.api.host, listener, duration, stop, began)
+        run = DemoRun(settings, camera, streams, choice.untrained_note, redis_url, listener,
+                      duration, stop, began)
+        stop.graceful = True
         summary = asyncio.run(_run(run))
     finally:
         if listener is not None:
@@ -403,7 +408,8 @@ async def _run(run: DemoRun) -> dict[str, Any]:
     info = service.detector_info
     assert info is not None
     port = run.listener.getsockname()[1]
-    shown_host = f"[{run.host}]" if ":" in run.host else run.host
+    host = run.settings.api.host
+    shown_host = f"[{host}]" if ":" in host else host
     run.dashboard = f"http://{shown_host}:{port}/"
     api = create_app(service, manage_service=False)
     server = _server_class()(uvicorn.Config(
