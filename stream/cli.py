@@ -70,11 +70,15 @@ def main() -> None:
 
 
 # Commands of each concern register themselves on the apps above.
-from stream.commands import demo  # noqa: E402,F401
-from stream.commands import faces  # noqa: E402,F401
-from stream.commands import ingest  # noqa: E402,F401
-from stream.commands import models  # noqa: E402,F401
-from stream.commands import publish, thresholds, watch  # noqa: E402,F401
-from stream.commands import serve  # noqa: E402,F401
-from stream.commands import score  # noqa: E402,F401
-from stream.commands import bench_pipeline  # noqa: E402,F401
+from stream.commands import (  # noqa: E402,F401
+    bench_pipeline,
+    demo,
+    faces,
+    ingest,
+    models,
+    publish,
+    score,
+    serve,
+    thresholds,
+    watch,
+)

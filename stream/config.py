@@ -33,7 +33,7 @@ class RedisSettings(Section):
     url: str | None = Field(
         None,
         description="redis://, rediss:// (TLS) or unix:// URL with optional AUTH; "
-        "unset starts an embedded redis-server on a private unix socket.",
+        "unset starts an embedded redis-server on a free loopback TCP port.",
     )
     prefix: str = Field("dfstream:", min_length=1, max_length=64, description="Key prefix.")
     events_maxlen: int = Field(
@@ -377,3 +377,11 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(describe_validation_error(exc)) from None
     finally:
         _yaml_file.reset(token)
+
+
+def apply_store_locations(settings: Settings) -> None:
+    """The model store reads DFSTREAM_HOME / DFSTREAM_WEIGHTS_DIR; a config file may set them."""
+    if settings.home is not None:
+        os.environ["DFSTREAM_HOME"] = str(settings.home)
+    if settings.weights_dir is not None:
+        os.environ["DFSTREAM_WEIGHTS_DIR"] = str(settings.weights_dir)

@@ -308,15 +308,13 @@ def demo(
     import asyncio
 
     from stream.commands.serve import check_bind, configure_logging
+    from stream.config import apply_store_locations
     from stream.redis_server import EmbeddedRedis, RedisServerError
 
     began = time.monotonic()
     settings = settings_or_exit(config)
     configure_logging(log_level.upper())
-    if settings.home is not None:
-        os.environ["DFSTREAM_HOME"] = str(settings.home)
-    if settings.weights_dir is not None:
-        os.environ["DFSTREAM_WEIGHTS_DIR"] = str(settings.weights_dir)
+    apply_store_locations(settings)
     check_bind(settings)
 
     stop = StopRequest()

@@ -32,13 +32,9 @@ def _echo_json(data: Any) -> None:
 
 def _apply_store_settings(config: Path | None) -> None:
     """The store honours DFSTREAM_HOME / DFSTREAM_WEIGHTS_DIR; the config may set them too."""
-    import os
+    from stream.config import apply_store_locations
 
-    settings = settings_or_exit(config)
-    if settings.home is not None:
-        os.environ["DFSTREAM_HOME"] = str(settings.home)
-    if settings.weights_dir is not None:
-        os.environ["DFSTREAM_WEIGHTS_DIR"] = str(settings.weights_dir)
+    apply_store_locations(settings_or_exit(config))
 
 
 @models_app.command("info")
