@@ -33,7 +33,7 @@ from stream.publish import Publisher
 from stream.redis_contract import Backoff, RedisKeys, connect, redact
 from stream.redis_server import EmbeddedRedis
 from stream.scoring import StreamScoring
-from stream.sources.base import SourceStatus
+from stream.sources.base import DropCause, SourceStatus
 from stream.sources.pyav import PyAVSource
 from stream.sources.urls import UrlRefused, check_url
 from stream.thresholds import ThresholdListener, ThresholdStore, ThresholdUpdate
@@ -77,6 +77,7 @@ class Service:
         """The publisher's count of dropped live scores that the metrics have seen."""
         self._streams_lock = asyncio.Lock()
         self._started_at = time.time()
+        self._superseded: dict[str, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -312,13 +313,17 @@ class Service:
                 self._scores_dropped = stats.scores_dropped
             for slot in self.pipeline.slots():
                 source = slot.source.stats()
-                dropped = sum(source.dropped.values())
+                # Frames skipped on purpose (over the fps cap, non-reference) are not drops;
+                # superseded ones are: analysis did not keep up with this stream.
+                superseded = source.dropped.get(DropCause.SUPERSEDED.value, 0)
+                previous = self._superseded.get(source.stream_id, superseded)
+                self._superseded[source.stream_id] = superseded
                 self.publisher.stream_status(
                     source.stream_id,
                     SOURCE_TO_STATE_STATUS[source.status],
                     fps_in=source.fps_in,
                     fps_analysed=slot.analysed_fps(),
-                    fps_dropped=max(0.0, source.fps_in - slot.analysed_fps()) if dropped else 0.0,
+                    fps_dropped=max(0, superseded - previous) / STATUS_INTERVAL_S,
                 )
 
     # -- what the API reads -------------------------------------------------------------------
