@@ -37,6 +37,8 @@ def score_command(
     from stream.faces import FaceStage
     from stream.video_score import VideoError, score_video
 
+    if not video.is_file():
+        raise fail(f"{video} does not exist")
     settings = settings_or_exit(config)
     detector = settings.detector.model_copy()
     if arch is not None:
