@@ -261,7 +261,11 @@ class ScoringSettings(Section):
 
 class PipelineSettings(Section):
     max_frames: int = Field(16, ge=1, le=1024, description="Frames per detection batch.")
-    max_wait_ms: float = Field(20.0, ge=0, le=10_000, description="Batch collection deadline.")
+    max_wait_ms: float = Field(
+        20.0, ge=0, le=10_000,
+        description="Longest wait for more frames after the first of a batch; only while the "
+        "scorer is behind (otherwise a batch is whatever is ready).",
+    )
     max_crops_per_stream: int = Field(
         8, ge=1, le=1024, description="Per-stream share of one scorer batch, for fairness."
     )

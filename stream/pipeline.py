@@ -1,14 +1,20 @@
 """The analysis loop: frames from every stream, batched, through faces, scorer, scoring, publisher.
 
 Two worker threads overlap the stages (DESIGN §2): the *detect* thread collects the frames that
-are ready across streams (at most ``max_frames``, waiting at most ``max_wait_ms`` after the
-first, and no longer once every stream that is delivering has a frame ready), runs the face
-stage on them as one batch and hands the result on; the *score* thread scores the crops in
-batches of up to the scorer's ``max_batch``, calibrates, updates each stream's rolling scores
-and hysteresis, and publishes. While the scorer works on batch k the
-detector already runs on batch k+1. The hand-over queue holds one batch, so when analysis is
-slower than the streams, frames are superseded in the sources' mailboxes (counted there) rather
-than piling up as latency.
+are ready across streams (at most ``max_frames``), runs the face stage on them as one batch and
+hands the result on; the *score* thread scores the crops in batches of up to the scorer's
+``max_batch``, calibrates, updates each stream's rolling scores and hysteresis, and publishes.
+While the scorer works on batch k the detector already runs on batch k+1. The hand-over queue
+holds one batch, so when analysis is slower than the streams, frames are superseded in the
+sources' mailboxes (counted there) rather than piling up as latency.
+
+Batches form by themselves: whatever arrived while the detector was busy makes the next batch,
+so under load batches grow and when idle a frame goes through alone, at once. Waiting for more
+frames (up to ``max_wait_ms`` after the first) happens only while the hand-over is full, i.e.
+while the scorer is behind and a batch handed over now could not be scored sooner anyway; the
+wait ends early once every stream that is delivering has a frame ready. Measured on the CPU
+(docs/benchmarks.md, Pipeline), always waiting doubled the median latency at light load and
+tipped the loop into full, slow batches at a lower load.
 
 Fairness: a batch takes at most one frame per stream, in rotating order, and at most
 ``max_crops_per_stream`` faces per frame go to the scorer, so neither a busy stream nor a
@@ -173,9 +179,9 @@ class Pipeline:
     # -- detect thread ------------------------------------------------------------------------
 
     def _collect(self) -> list[Frame]:
-        """Frames ready across streams: wait for the first, then up to ``max_wait_ms`` more, but
-        no longer once every stream that is delivering has a frame ready (waiting then only
-        adds latency: nothing more can come)."""
+        """Frames ready across streams: wait for the first; then, only while the scorer is
+        behind (the hand-over is full), up to ``max_wait_ms`` more, but no longer once every
+        stream that is delivering has a frame ready (nothing more can come)."""
         settings = self.settings
         with self._ready:
             while self._pending == 0 and not self._stopping.is_set():
@@ -185,7 +191,9 @@ class Pipeline:
         target = min(settings.max_frames, max(1, self._delivering()))
         with self._ready:
             deadline = time.monotonic() + settings.max_wait_ms / 1000.0
-            while self._pending < target and not self._stopping.is_set():
+            while (
+                self._pending < target and self._handoff.full() and not self._stopping.is_set()
+            ):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -258,6 +266,8 @@ class Pipeline:
     def _score_loop(self) -> None:
         while True:
             item = self._handoff.get()
+            with self._ready:  # the hand-over has room: a batch waiting for more can go now
+                self._ready.notify_all()
             if item is _STOP:
                 return
             assert isinstance(item, _Batch)
