@@ -50,6 +50,8 @@ def bench_pipeline(
                                                   "row that end the ramp.")] = 2,
     max_frames: Annotated[int, typer.Option(min=2, max=1024, help="pipeline.max_frames of the "
                                             "batched mode.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(min=0, max=1000, help="pipeline.max_wait_ms of "
+                                               "the batched mode.")] = 20.0,
     arch: Annotated[str, typer.Option(help="Crop scorer architecture: tiny, ViT-B-16, "
                                       "ViT-L-14 (random weights unless a bundle is "
                                       "installed).")] = "tiny",
@@ -81,8 +83,8 @@ def bench_pipeline(
     cfg = BenchConfig(
         ramp=_parse_ramp(streams) if streams else DEFAULT_RAMP,
         fps=fps, width=width, height=height, video_seconds=video_seconds, warmup_s=warmup,
-        window_s=window,
-        failures_to_stop=failures_to_stop, max_frames=max_frames, arch=arch, device=device,
+        window_s=window, failures_to_stop=failures_to_stop, max_frames=max_frames,
+        max_wait_ms=max_wait_ms, arch=arch, device=device,
         backend=backend, gain_streams=gain_streams, gain_seconds=gain_seconds,
         gain_rounds=gain_rounds,
     )
