@@ -513,6 +513,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     levels = result["levels"]
     cfg = result["config"]
@@ -537,14 +538,18 @@ def plot(result: dict[str, Any], path: Path) -> Path:
                     label=f"{key} decoded → published")
     bottom.axhline(TARGET_P99_MS, color="red", linestyle=":", label="p99 target 250 ms")
     bottom.set_yscale("log")
+    bottom.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    bottom.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    bottom.yaxis.set_minor_formatter(ticker.NullFormatter())
     bottom.set_ylabel("latency (ms)")
     bottom.set_xlabel("live streams")
     bottom.legend(loc="upper left", fontsize=8)
     detector = result["detector"]
     fig.suptitle(
         f"dfstream pipeline, {cfg['width']}x{cfg['height']} at {cfg['fps']:g} fps: "
-        f"{detector['arch']} scorer ({detector['backend']}, {detector['device']}), "
-        f"batching gain {result['batching_gain']}x",
+        f"{detector['arch']} scorer ({detector['backend']}, {detector['device']})\n"
+        f"batching gain {result['batching_gain']}x (scorer stage "
+        f"{result['scorer_batching_gain']}x)",
         fontsize=10,
     )
     fig.tight_layout()
