@@ -82,11 +82,15 @@ class Service:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start everything; on failure, release what was started (no orphan redis-server)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         settings = self.settings
-        if not self.redis_url:
-            self.embedded_redis = EmbeddedRedis().start()
-            self.redis_url = self.embedded_redis.url
-            log.info("no redis.url configured: embedded redis-server at %s", self.redis_url)
         loop = asyncio.get_running_loop()
         # Loading engines takes seconds: off the event loop, so health checks still answer.
         # One after the other: torch's ONNX exporter keeps global state.
@@ -94,6 +98,10 @@ class Service:
         scorer, detector_info = await loop.run_in_executor(None, load_detector, settings.detector)
         self.face_stage, self.scorer, self.detector_info = face_stage, scorer, detector_info
         await loop.run_in_executor(None, self._warm_up)
+        if not self.redis_url:
+            self.embedded_redis = EmbeddedRedis().start()
+            self.redis_url = self.embedded_redis.url
+            log.info("no redis.url configured: embedded redis-server at %s", self.redis_url)
         self._client = connect(self.redis_url, timeout_s=settings.redis.socket_timeout_s)
         self._thresholds = ThresholdStore(
             self._client, prefix=settings.redis.prefix, fallback=settings.scoring.thresholds

@@ -103,6 +103,8 @@ def sample_frames(path: Path, count: int) -> Iterator[Frame]:
     """``count`` uniformly spaced decoded frames of ``path``, in order."""
     import av
 
+    from stream.sources.pyav import DECODE_THREAD_TYPE
+
     if not path.is_file():
         raise VideoError(f"{path} does not exist")
     try:
@@ -121,7 +123,7 @@ def sample_frames(path: Path, count: int) -> Iterator[Frame]:
     last = max(wanted)
     with av.open(str(path)) as container:
         video = container.streams.video[0]
-        video.thread_type = "AUTO"
+        video.thread_type = DECODE_THREAD_TYPE
         rate = float(video.average_rate or 30)
         for index, picture in enumerate(container.decode(video)):
             if index in wanted:

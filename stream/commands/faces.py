@@ -53,12 +53,13 @@ def video_frames(
     import av
 
     from stream.sources.base import Frame
+    from stream.sources.pyav import DECODE_THREAD_TYPE
 
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{path} has no video stream")
         video = container.streams.video[0]
-        video.thread_type = "AUTO"
+        video.thread_type = DECODE_THREAD_TYPE
         rate = float(video.average_rate or 30)
         next_time = None
         delivered = 0

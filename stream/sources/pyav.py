@@ -60,6 +60,12 @@ class _End(Enum):
     ABANDONED = "abandoned"
 
 
+DECODE_THREAD_TYPE = "SLICE"
+"""Decoders never use frame threads: with PyAV's FFmpeg log callback on (set process-wide by
+``_enable_ffmpeg_error_log``), a frame-threaded decoder can deadlock when its context is freed
+while its workers wait for the GIL to log (PyAV issues #751 and #909)."""
+
+
 def _enable_ffmpeg_error_log() -> None:
     # PyAV discards FFmpeg's log by default, and with it the reason behind most errors
     # ("moov atom not found", "Format bintext not on whitelist"). Readers capture errors on
@@ -498,6 +504,7 @@ class _Session:
             )
         if ctx.width and ctx.height:
             self._check_size(ctx.width, ctx.height)
+        ctx.thread_type = DECODE_THREAD_TYPE
         ctx.thread_count = settings.decode_threads
         return ctx
 
