@@ -43,8 +43,9 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from stream.backoff import Backoff
 from stream.config import RedisSettings
-from stream.redis_contract import SCHEMA_VERSION, Backoff, RedisKeys, connect, redact
+from stream.redis_contract import SCHEMA_VERSION, RedisKeys, connect, redact
 from stream.scoring import AlertEvent, ScoreResult
 
 log = logging.getLogger("dfstream.publish")
@@ -554,7 +555,7 @@ class Publisher:
         await self._disconnect()
         delay = self._backoff.next_delay()
         kind = "refused the write" if isinstance(exc, ResponseError) else "unreachable"
-        if was_connected or self._backoff.attempt == 1:
+        if was_connected or self._backoff.failures == 1:
             log.error(
                 "Redis %s %s (%s): live scores are dropped, events kept in the outbox "
                 "(%d pending); retrying in %.1fs",

@@ -6,7 +6,6 @@ watch`` and the API can never disagree about them. All names start with the conf
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -110,25 +109,6 @@ def connect(
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
-
-
-class Backoff:
-    """Reconnect delays: exponential from ``base_s`` up to ``cap_s``, with jitter so that many
-    clients cut off together do not come back together."""
-
-    def __init__(self, base_s: float, cap_s: float, rng: random.Random | None = None) -> None:
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.attempt, 30))
-        self.attempt += 1
-        return ceiling * self._rng.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 def resolve_url(option: str | None, configured: str | None) -> str:

@@ -25,12 +25,13 @@ from redis.exceptions import RedisError
 from engines.calibration import Calibrator
 from engines.detector import DetectorInfo, load_detector
 from engines.interfaces import CROP_SIZE, CropScorer
+from stream.backoff import Backoff
 from stream.config import Settings, StreamSpec
 from stream.faces import FaceStage
 from stream.metrics import ServiceMetrics
 from stream.pipeline import Pipeline
 from stream.publish import Publisher
-from stream.redis_contract import Backoff, RedisKeys, connect, redact
+from stream.redis_contract import RedisKeys, connect, redact
 from stream.redis_server import EmbeddedRedis
 from stream.scoring import StreamScoring
 from stream.sources.base import DropCause, SourceStatus

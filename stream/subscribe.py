@@ -17,7 +17,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from stream.redis_contract import Backoff, RedisKeys, connect, redact
+from stream.backoff import Backoff
+from stream.redis_contract import RedisKeys, connect, redact
 
 log = logging.getLogger("dfstream.subscribe")
 

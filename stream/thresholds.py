@@ -33,8 +33,9 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
+from stream.backoff import Backoff
 from stream.config import STREAM_ID_PATTERN, Thresholds
-from stream.redis_contract import Backoff, RedisKeys, connect, redact
+from stream.redis_contract import RedisKeys, connect, redact
 from stream.scoring import StreamScoring
 
 log = logging.getLogger("dfstream.thresholds")

@@ -12,8 +12,8 @@ import av
 import numpy as np
 import pytest
 
+from stream.backoff import Backoff
 from stream.config import IngestSettings
-from stream.sources.backoff import Backoff
 from stream.sources.base import Frame
 from stream.sources.decodeplan import DecodePlanner, NalUnits
 from stream.sources.mailbox import LatestFrameMailbox
