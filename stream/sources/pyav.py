@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 import av
 
+from stream.backoff import Backoff
 from stream.config import IngestSettings, StreamSpec
-from stream.sources.backoff import Backoff
 from stream.sources.base import DropCause, Frame, FrameCallback, SourceStats, SourceStatus
 from stream.sources.decodeplan import PLANNED_CODECS, DecodePlanner, NalUnits
 from stream.sources.failures import SourceFailure, classify
@@ -539,8 +539,9 @@ class _Session:
             planner = DecodePlanner(NalUnits(ctx.name, bytes(ctx.extradata or b"")))
         # With the planner at work, gaps between decoded frames are by design.
         self.guard_gaps = planner is None
+        # The pacer keeps its anchor: the media clock runs on across sessions (a looped file
+        # starts again one frame after its last), and after a real pause the pacer re-anchors.
         source._clock.new_session(1.0 / rate if rate else None)
-        source._pacer.restart()
         with source._lock:
             if not source._current(self.gen):
                 return _End.ABANDONED

@@ -96,9 +96,6 @@ class RealtimePacer:
     def __init__(self) -> None:
         self._anchor: tuple[float, float] | None = None  # (wall clock, media time)
 
-    def restart(self) -> None:
-        self._anchor = None
-
     def wait_s(self, t: float, now: float | None = None) -> float:
         """Seconds to wait before releasing the frame at media time ``t`` (0 if due)."""
         now = time.monotonic() if now is None else now
