@@ -239,6 +239,8 @@ class Pipeline:
                 metrics.stage_seconds.labels("queue").observe(
                     max(0.0, collected_at - frame.captured_at)
                 )
+                if frame.decode_s is not None:
+                    metrics.stage_seconds.labels("decode").observe(frame.decode_s)
             started = time.perf_counter()
             try:
                 results = self.face_stage.process(frames)

@@ -343,6 +343,7 @@ def test_request_bodies_over_the_limit_get_413(api: httpx.Client) -> None:
 
 
 def test_metrics_have_per_stream_counters(api: httpx.Client) -> None:
+    wait_until(lambda: all(analysed(api)[s] > 0 for s in STREAMS), timeout_s=20)
     response = api.get("/metrics")
     assert response.status_code == 200
     samples = {
@@ -363,6 +364,17 @@ def test_metrics_have_per_stream_counters(api: httpx.Client) -> None:
                    "dfstream_outbox_depth"):
         assert family in names, family
     assert samples[("dfstream_streams", None)] == len(STREAMS)
+
+    def timed_stages() -> set[str]:
+        return {
+            sample.labels["stage"]
+            for family in text_string_to_metric_families(api.get("/metrics").text)
+            for sample in family.samples
+            if sample.name == "dfstream_stage_seconds_count" and sample.value > 0
+        }
+
+    every_stage = {"decode", "queue", "detect", "score", "publish"}
+    assert wait_until(lambda: every_stage <= timed_stages(), timeout_s=20), timed_stages()
 
 
 def test_info_and_openapi(api: httpx.Client) -> None:

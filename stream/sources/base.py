@@ -55,6 +55,7 @@ class Frame:
         "_rgb",
         "_small",
         "captured_at",
+        "decode_s",
         "height",
         "pts",
         "seq",
@@ -71,6 +72,7 @@ class Frame:
         *,
         av_frame: av.VideoFrame | None = None,
         rgb: np.ndarray | None = None,
+        decode_s: float | None = None,
     ) -> None:
         if (av_frame is None) == (rgb is None):
             raise ValueError("a Frame holds exactly one of av_frame or rgb")
@@ -84,6 +86,8 @@ class Frame:
         self.seq = seq
         self.pts = pts
         self.captured_at = captured_at
+        # Seconds the decoder call that produced this picture took (None: not decoded here).
+        self.decode_s = decode_s
         self._av = av_frame
         self._rgb = rgb
         self._small: dict[int, tuple[np.ndarray, float]] = {}

@@ -600,6 +600,7 @@ class _Session:
         """Decode one packet (None flushes) and handle its frames; False if abandoned."""
         if self.nonref and packet is not None and packet.pts is not None:
             self.pending_nonref.append(packet.pts)
+        started = time.perf_counter()
         try:
             frames = ctx.decode(packet)
         except av.error.EOFError:
@@ -616,9 +617,10 @@ class _Session:
                 ) from exc
             return True
         self.errors_in_a_row = 0
-        return all(self._frame(ctx, frame) for frame in frames)
+        decode_s = time.perf_counter() - started
+        return all(self._frame(ctx, frame, decode_s) for frame in frames)
 
-    def _frame(self, ctx: VideoCodecContext, frame: av.VideoFrame) -> bool:
+    def _frame(self, ctx: VideoCodecContext, frame: av.VideoFrame, decode_s: float) -> bool:
         source = self.source
         if frame.width != source._width or frame.height != source._height:
             self._check_size(frame.width, frame.height)
@@ -665,7 +667,9 @@ class _Session:
             if not source._current(self.gen):
                 return False
             source._seq += 1
-            item = Frame(source.stream_id, source._seq, t, time.time(), av_frame=frame)
+            item = Frame(
+                source.stream_id, source._seq, t, time.time(), av_frame=frame, decode_s=decode_s
+            )
             source._frames_delivered += 1
             source._mailbox.put(item)
         if source._on_frame is not None:
