@@ -315,7 +315,14 @@ class Pipeline:
         }
         started = time.perf_counter()
         for frame_index, result in enumerate(batch.results):
-            self._finish_frame(frame_index, result, scored)
+            try:
+                self._finish_frame(frame_index, result, scored)
+            except Exception:  # one stream's failure must not cost the others their frames
+                self.engine_errors += 1
+                log.exception(
+                    "stream %s: finishing frame %d failed",
+                    result.frame.stream_id, result.frame.seq,
+                )
         metrics.stage_seconds.labels("publish").observe(time.perf_counter() - started)
         self.batches += 1
 
