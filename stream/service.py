@@ -37,7 +37,12 @@ from stream.scoring import StreamScoring
 from stream.sources.base import DropCause, SourceStatus
 from stream.sources.pyav import PyAVSource
 from stream.sources.urls import UrlRefused, check_url
-from stream.thresholds import ThresholdListener, ThresholdStore, ThresholdUpdate
+from stream.thresholds import (
+    ThresholdError,
+    ThresholdListener,
+    ThresholdStore,
+    ThresholdUpdate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +109,7 @@ class Service:
             self.redis_url = self.embedded_redis.url
             log.info("no redis.url configured: embedded redis-server at %s", self.redis_url)
         self._client = connect(self.redis_url, timeout_s=settings.redis.socket_timeout_s)
-        self._thresholds = ThresholdStore(
-            self._client, prefix=settings.redis.prefix, fallback=settings.scoring.thresholds
-        )
+        self._thresholds = ThresholdStore.from_settings(self._client, settings)
         with contextlib.suppress(RedisError, OSError):
             await self._thresholds.seed(settings.scoring.thresholds)
         self.listener = ThresholdListener(
@@ -370,8 +373,6 @@ class Service:
         book = await self._thresholds.get()
         view = book.to_dict()
         if stream is not None:
-            from stream.thresholds import ThresholdError
-
             if stream not in await self._thresholds.known_streams():
                 raise ThresholdError(f"unknown stream {stream!r}", unknown_stream=True)
             view["stream"] = stream

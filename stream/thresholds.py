@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
 from stream.backoff import Backoff
-from stream.config import STREAM_ID_PATTERN, Thresholds
+from stream.config import STREAM_ID_PATTERN, Settings, Thresholds
 from stream.redis_contract import RedisKeys, connect, redact
 from stream.scoring import StreamScoring
 
@@ -219,6 +219,11 @@ class ThresholdStore:
         self.keys = RedisKeys(prefix)
         self.fallback = fallback or Thresholds()
         self._write = client.register_script(_WRITE)
+
+    @classmethod
+    def from_settings(cls, client: aioredis.Redis, settings: Settings) -> ThresholdStore:
+        """The store under the configured prefix, the configured default as its fallback."""
+        return cls(client, prefix=settings.redis.prefix, fallback=settings.scoring.thresholds)
 
     async def get(self) -> ThresholdBook:
         return parse_book(await self.client.hgetall(self.keys.config), self.fallback)

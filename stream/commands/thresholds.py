@@ -120,9 +120,7 @@ def thresholds_get(
     from stream.thresholds import ThresholdStore
 
     async def work(client: Any, settings: Settings) -> Any:
-        store = ThresholdStore(
-            client, prefix=settings.redis.prefix, fallback=settings.scoring.thresholds
-        )
+        store = ThresholdStore.from_settings(client, settings)
         book = await store.get()
         if stream is not None and stream not in book.overrides:
             known = await store.known_streams()
@@ -168,9 +166,7 @@ def thresholds_set(
                    "--hold, --cooldown, --window", 2)
 
     async def work(client: Any, settings: Settings) -> Any:
-        store = ThresholdStore(
-            client, prefix=settings.redis.prefix, fallback=settings.scoring.thresholds
-        )
+        store = ThresholdStore.from_settings(client, settings)
         return await store.set(changes, stream)
 
     _show(run_against_redis(config, redis_url, work), stream, json_out, changed=True)
@@ -188,9 +184,7 @@ def thresholds_reset(
     from stream.thresholds import ThresholdStore
 
     async def work(client: Any, settings: Settings) -> Any:
-        store = ThresholdStore(
-            client, prefix=settings.redis.prefix, fallback=settings.scoring.thresholds
-        )
+        store = ThresholdStore.from_settings(client, settings)
         return await store.reset(stream)
 
     _show(run_against_redis(config, redis_url, work), stream, json_out, changed=True)
