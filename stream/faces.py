@@ -197,18 +197,3 @@ class FaceStage:
             for (box, landmarks, score), (crop, alignment), match
             in zip(candidates, crops, matches, strict=True)
         )
-
-
-def stack_crops(results: Sequence[FrameFaces]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """All crops of a batch as one (N, 224, 224, 3) uint8 array for the scorer, and for each
-    crop its (frame index, face index)."""
-    crops = []
-    where = []
-    for frame_index, result in enumerate(results):
-        for face_index, face in enumerate(result.faces):
-            if face.crop is not None:
-                crops.append(face.crop)
-                where.append((frame_index, face_index))
-    if not crops:
-        return np.empty((0, CROP_SIZE, CROP_SIZE, 3), np.uint8), []
-    return np.stack(crops), where

@@ -1,9 +1,11 @@
-"""The analysis loop: frames from every stream, batched, through faces, scorer, scoring, publisher.
+"""The analysis loop's scheduling: frames from every stream, batched, through the analysis path
+(stream/analysis.py), then each stream's scoring and the publisher.
 
-Two worker threads overlap the stages (DESIGN §2): the *detect* thread collects the frames that
-are ready across streams (at most ``max_frames``), runs the face stage on them as one batch and
-hands the result on; the *score* thread scores the crops in batches of up to the scorer's
-``max_batch``, calibrates, updates each stream's rolling scores and hysteresis, and publishes.
+Two worker threads overlap the two halves of the analysis (docs/architecture.md, data flow): the
+*detect* thread collects the frames that are ready across streams (at most ``max_frames``), runs
+the face stage on them as one batch and hands the result on; the *score* thread scores the
+policy's crops (``CropPolicy.live``) in batches of up to the scorer's ``max_batch``, calibrated,
+then updates each stream's rolling scores and alert rule, and publishes.
 While the scorer works on batch k the detector already runs on batch k+1. The hand-over queue
 holds one batch, so when analysis is slower than the streams, frames are superseded in the
 sources' mailboxes (counted there) rather than piling up as latency.
@@ -16,11 +18,11 @@ wait ends early once every stream that is delivering has a frame ready. Measured
 (docs/benchmarks.md, Pipeline), always waiting doubled the median latency at light load and
 tipped the loop into full, slow batches at a lower load.
 
-Fairness: a batch takes at most one frame per stream, in rotating order, and at most
-``max_crops_per_stream`` faces per frame go to the scorer, so neither a busy stream nor a
-crowded picture can starve the others. A dead or slow stream simply has no frame ready; a batch
-waits for it at most ``max_wait_ms``, and not at all once it has delivered nothing for
-``DELIVERING_WITHIN_S``.
+Fairness: a batch takes at most one frame per stream, in rotating order, and the live crop
+policy sends at most ``max_crops_per_stream`` faces per frame to the scorer, so neither a busy
+stream nor a crowded picture can starve the others. A dead or slow stream simply has no frame
+ready; a batch waits for it at most ``max_wait_ms``, and not at all once it has delivered
+nothing for ``DELIVERING_WITHIN_S``.
 """
 
 from __future__ import annotations
@@ -33,12 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
-import numpy as np
 
-from engines.calibration import Calibrator
-from engines.interfaces import CropScorer
+from stream.analysis import Analyser, FrameAnalysis
 from stream.config import PipelineSettings
-from stream.faces import FaceStage, FrameFaces
+from stream.faces import FrameFaces
 from stream.metrics import ServiceMetrics
 from stream.publish import Publisher
 from stream.scoring import FaceScore, ScoreResult, StreamScoring
@@ -87,9 +87,7 @@ class Pipeline:
 
     def __init__(
         self,
-        face_stage: FaceStage,
-        scorer: CropScorer,
-        calibrator: Calibrator,
+        analyser: Analyser,
         publisher: Publisher,
         settings: PipelineSettings,
         *,
@@ -97,9 +95,7 @@ class Pipeline:
         metrics: ServiceMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.face_stage = face_stage
-        self.scorer = scorer
-        self.calibrator = calibrator
+        self.analyser = analyser
         self.publisher = publisher
         self.settings = settings
         self.thresholds = thresholds
@@ -141,7 +137,7 @@ class Pipeline:
         if slot is not None:
             with slot.lock:  # waits for a frame of it being finished on the score thread
                 slot.closed = True
-            self.face_stage.forget(stream_id)
+            self.analyser.forget(stream_id)
         return slot
 
     def slot(self, stream_id: str) -> StreamSlot | None:
@@ -243,7 +239,7 @@ class Pipeline:
                     metrics.stage_seconds.labels("decode").observe(frame.decode_s)
             started = time.perf_counter()
             try:
-                results = self.face_stage.process(frames)
+                results = self.analyser.detect(frames)
             except Exception:  # an engine failure: count it, keep serving
                 self.engine_errors += 1
                 log.exception("face detection failed on a batch of %d frames", len(frames))
@@ -279,56 +275,28 @@ class Pipeline:
                 self.engine_errors += 1
                 log.exception("scoring failed on a batch of %d frames", len(item.results))
 
-    def _crops_of(self, results: list[FrameFaces]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Crops of confirmed tracks, at most ``max_crops_per_stream`` per frame (largest first,
-        as the face stage orders them)."""
-        cap = self.settings.max_crops_per_stream
-        crops: list[np.ndarray] = []
-        where: list[tuple[int, int]] = []
-        for frame_index, result in enumerate(results):
-            taken = 0
-            for face_index, face in enumerate(result.faces):
-                if face.crop is None or not face.confirmed or taken >= cap:
-                    continue
-                crops.append(face.crop)
-                where.append((frame_index, face_index))
-                taken += 1
-        if not crops:
-            return np.empty((0, 224, 224, 3), np.uint8), []
-        return np.stack(crops), where
-
     def _score_batch(self, batch: _Batch) -> None:
         metrics = self.metrics
-        crops, where = self._crops_of(batch.results)
-        p_fake = np.empty(0, np.float32)
-        if len(crops):
-            started = time.perf_counter()
-            logits = np.concatenate([
-                self.scorer.score(crops[i : i + self.scorer.max_batch])
-                for i in range(0, len(crops), self.scorer.max_batch)
-            ])
-            metrics.stage_seconds.labels("score").observe(time.perf_counter() - started)
-            metrics.batch_size.labels("score").observe(len(crops))
-            p_fake = self.calibrator.p_fake(logits)
-        scored: dict[tuple[int, int], float] = {
-            key: float(p) for key, p in zip(where, p_fake, strict=True)
-        }
         started = time.perf_counter()
-        for frame_index, result in enumerate(batch.results):
+        analysed = self.analyser.score(batch.results)
+        crops = sum(len(a.scored) for a in analysed)
+        if crops:
+            metrics.stage_seconds.labels("score").observe(time.perf_counter() - started)
+            metrics.batch_size.labels("score").observe(crops)
+        started = time.perf_counter()
+        for analysis in analysed:
             try:
-                self._finish_frame(frame_index, result, scored)
+                self._finish_frame(analysis)
             except Exception:  # one stream's failure must not cost the others their frames
                 self.engine_errors += 1
                 log.exception(
                     "stream %s: finishing frame %d failed",
-                    result.frame.stream_id, result.frame.seq,
+                    analysis.frame.stream_id, analysis.frame.seq,
                 )
         metrics.stage_seconds.labels("publish").observe(time.perf_counter() - started)
         self.batches += 1
 
-    def _finish_frame(
-        self, frame_index: int, result: FrameFaces, scored: dict[tuple[int, int], float]
-    ) -> None:
+    def _finish_frame(self, result: FrameAnalysis) -> None:
         frame = result.frame
         slot = self.slot(frame.stream_id)
         if slot is None:  # removed while in flight
@@ -340,14 +308,13 @@ class Pipeline:
             return
         faces = [
             FaceScore(
-                track=face.track_id,
-                box=(float(face.box[0]), float(face.box[1]), float(face.box[2]),
-                     float(face.box[3])),
-                det_score=float(face.score),
-                p_fake=scored[(frame_index, face_index)],
+                track=s.track,
+                box=(float(s.face.box[0]), float(s.face.box[1]), float(s.face.box[2]),
+                     float(s.face.box[3])),
+                det_score=float(s.face.score),
+                p_fake=s.p_fake,
             )
-            for face_index, face in enumerate(result.faces)
-            if (frame_index, face_index) in scored
+            for s in result.scored
         ]
         with slot.lock:
             # Under the slot's lock, so that once remove() returns no frame of the stream is
@@ -375,7 +342,7 @@ class Pipeline:
             self.metrics.events.labels(event.type).inc()
         self.metrics.end_to_end_seconds.observe(max(0.0, self._clock() - frame.captured_at))
 
-    def _put_evidence(self, score: ScoreResult, result: FrameFaces) -> None:
+    def _put_evidence(self, score: ScoreResult, result: FrameAnalysis) -> None:
         peak = score.evidence
         assert peak is not None
         crop = next((f.crop for f in result.faces if f.track_id == peak.track), None)

@@ -17,17 +17,14 @@ from collections.abc import AsyncIterator
 from importlib.metadata import version as dist_version
 from typing import Any
 
-import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from engines.calibration import Calibrator
-from engines.detector import DetectorInfo, load_detector
-from engines.interfaces import CROP_SIZE, CropScorer
+from engines.detector import DetectorInfo
+from stream.analysis import Analyser, CropPolicy
 from stream.backoff import Backoff
 from stream.config import Settings, StreamSpec
-from stream.faces import FaceStage
 from stream.metrics import ServiceMetrics
 from stream.pipeline import Pipeline
 from stream.publish import Publisher
@@ -67,8 +64,7 @@ class Service:
         self.redis_url: str = settings.redis.url or ""
         self.embedded_redis: EmbeddedRedis | None = None
         self.detector_info: DetectorInfo | None = None
-        self.face_stage: FaceStage | None = None
-        self.scorer: CropScorer | None = None
+        self.analyser: Analyser | None = None
         self.publisher: Publisher | None = None
         self.listener: ThresholdListener | None = None
         self.pipeline: Pipeline | None = None
@@ -100,9 +96,10 @@ class Service:
         loop = asyncio.get_running_loop()
         # Loading engines takes seconds: off the event loop, so health checks still answer.
         # One after the other: torch's ONNX exporter keeps global state.
-        face_stage = await loop.run_in_executor(None, FaceStage.from_settings, settings)
-        scorer, detector_info = await loop.run_in_executor(None, load_detector, settings.detector)
-        self.face_stage, self.scorer, self.detector_info = face_stage, scorer, detector_info
+        analyser, detector_info = await loop.run_in_executor(
+            None, Analyser.load, settings, CropPolicy.live(settings.pipeline)
+        )
+        self.analyser, self.detector_info = analyser, detector_info
         await loop.run_in_executor(None, self._warm_up)
         if not self.redis_url:
             self.embedded_redis = EmbeddedRedis().start()
@@ -124,9 +121,7 @@ class Service:
         await self.publisher.start()
         self.metrics.watch_sources(self._source_stats)
         self.pipeline = Pipeline(
-            face_stage,
-            scorer,
-            Calibrator.from_dict(detector_info.calibration),
+            analyser,
             self.publisher,
             settings.pipeline,
             thresholds=self.listener,
@@ -165,9 +160,8 @@ class Service:
 
     def _warm_up(self) -> None:
         """Run each engine once so the first real frame does not pay for lazy initialisation."""
-        assert self.face_stage is not None and self.scorer is not None
-        self.face_stage.detector.detect([np.zeros((360, 640, 3), np.uint8)])
-        self.scorer.score(np.zeros((1, CROP_SIZE, CROP_SIZE, 3), np.uint8))
+        assert self.analyser is not None
+        self.analyser.warm_up()
         self._warm = True
 
     async def close(self) -> None:
@@ -356,7 +350,7 @@ class Service:
         return checks
 
     def info(self) -> dict[str, Any]:
-        face_detector = self.face_stage.detector if self.face_stage else None
+        face_detector = self.analyser.face_stage.detector if self.analyser else None
         return {
             "version": self.version,
             "started_at": self._started_at,

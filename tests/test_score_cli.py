@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from stream.cli import app
-from stream.video_score import uniform_indices
+from stream.sources.reader import uniform_indices
 
 runner = CliRunner()
 
@@ -19,8 +20,9 @@ def _weights(retinaface_weights: Path) -> None:
     """Every test here runs the real face detector."""
 
 
-def test_uniform_indices_spread_over_the_video() -> None:
-    assert uniform_indices(100, 5) == [0, 25, 50, 74, 99]
+def test_uniform_indices_are_the_papers_floor_of_linspace() -> None:
+    assert uniform_indices(100, 5) == [0, 24, 49, 74, 99]
+    assert uniform_indices(100, 32) == np.linspace(0, 99, 32, dtype=int).tolist()
     assert uniform_indices(3, 32) == [0, 1, 2]
     assert uniform_indices(0, 32) == []
 

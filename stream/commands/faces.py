@@ -1,15 +1,14 @@
 """``dfstream faces IMAGE|VIDEO``: the face stage offline; ``dfstream bench faces``: its speed.
 
-A video goes through the same ``stream.faces.FaceStage`` as a live stream (frames decoded by
-PyAV, converted lazily, tracked on their presentation time), so what this prints is what the
-service would see.
+A video goes through the face stage of the same analysis path as a live stream
+(``stream.analysis.Analyser``; frames read by ``stream.sources.reader``, converted lazily, tracked
+on their presentation time), so what this prints is what the service would see.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,8 +19,8 @@ from stream.cli import ConfigOption, app, bench_app, console, fail, settings_or_
 if TYPE_CHECKING:
     import numpy as np
 
+    from stream.analysis import Analyser, FrameAnalysis
     from stream.config import Settings
-    from stream.faces import FaceStage, FrameFaces
     from stream.sources.base import Frame
 
 
@@ -44,35 +43,6 @@ def is_image(path: Path) -> bool:
     import cv2
 
     return bool(cv2.haveImageReader(str(path)))
-
-
-def video_frames(
-    path: Path, *, fps: float | None, limit: int | None, stream_id: str
-) -> Iterator[Frame]:
-    """Frames of a video file, optionally sampled to ``fps``, at most ``limit`` of them."""
-    import av
-
-    from stream.sources.base import Frame
-    from stream.sources.pyav import DECODE_THREAD_TYPE
-
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
-        video = container.streams.video[0]
-        video.thread_type = DECODE_THREAD_TYPE
-        rate = float(video.average_rate or 30)
-        next_time = None
-        delivered = 0
-        for index, picture in enumerate(container.decode(video)):
-            pts = float(picture.time) if picture.time is not None else index / rate
-            if fps is not None:
-                if next_time is not None and pts < next_time - 1e-6:
-                    continue
-                next_time = pts + 1.0 / fps
-            yield Frame(stream_id, index, pts, time.time(), av_frame=picture)
-            delivered += 1
-            if limit is not None and delivered >= limit:
-                return
 
 
 def _estimated_frames(path: Path, fps: float | None, limit: int | None) -> int | None:
@@ -101,7 +71,7 @@ def _save_crop(directory: Path, name: str, crop: np.ndarray) -> str:
 
 
 def _rows(
-    result: FrameFaces, *, video: bool, crops_dir: Path | None
+    result: FrameAnalysis, *, video: bool, crops_dir: Path | None
 ) -> list[dict[str, Any]]:
     rows = []
     for index, face in enumerate(result.faces):
@@ -142,12 +112,12 @@ def _print_table(rows: list[dict[str, Any]], video: bool) -> None:
     Console().print(table)
 
 
-def _load_stage(settings: Settings, with_crops: bool) -> FaceStage:
+def _load_analyser(settings: Settings, with_crops: bool) -> Analyser:
     from engines.store import StoreError
-    from stream.faces import FaceStage
+    from stream.analysis import Analyser
 
     try:
-        return FaceStage.from_settings(settings, with_crops=with_crops)
+        return Analyser.faces_only(settings, with_crops=with_crops)
     except (StoreError, ValueError) as exc:
         raise fail(str(exc)) from None
 
@@ -180,8 +150,8 @@ def faces_command(
         raise fail(f"{path} does not exist or is not a file")
     if save_crops is not None:
         save_crops.mkdir(parents=True, exist_ok=True)
-    stage = _load_stage(settings, with_crops=save_crops is not None)
-    weights = getattr(stage.detector, "weights", None)
+    analyser = _load_analyser(settings, with_crops=save_crops is not None)
+    weights = getattr(analyser.face_stage.detector, "weights", None)
     if weights is not None and not weights.registered:
         console.print(f"weights {weights.path} sha256 {weights.sha256} (unregistered)")
 
@@ -192,14 +162,14 @@ def faces_command(
             image = read_image(path)
         except ValueError as exc:
             raise fail(str(exc)) from None
-        result = stage.process([Frame("image", 0, 0.0, time.time(), rgb=image)])[0]
+        result = analyser.analyse([Frame("image", 0, 0.0, time.time(), rgb=image)])[0]
         if result.error:
             raise fail(f"{path}: {result.error}")
         rows = _rows(result, video=False, crops_dir=save_crops)
         _emit(rows, json_out, video=False, summary=f"{len(rows)} face(s) in {path.name}")
         return
 
-    rows, analysed, error = _run_video(path, stage, settings, fps=fps, limit=frames,
+    rows, analysed, error = _run_video(path, analyser, settings, fps=fps, limit=frames,
                                        crops_dir=save_crops)
     tracks = len({row["track"] for row in rows if row["confirmed"]})
     _emit(rows, json_out, video=True,
@@ -209,11 +179,12 @@ def faces_command(
 
 
 def _run_video(
-    path: Path, stage: FaceStage, settings: Settings, *, fps: float | None, limit: int | None,
+    path: Path, analyser: Analyser, settings: Settings, *, fps: float | None, limit: int | None,
     crops_dir: Path | None,
 ) -> tuple[list[dict[str, Any]], int, str | None]:
-    import av
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from stream.sources.reader import VideoError, read_frames
 
     rows: list[dict[str, Any]] = []
     analysed = 0
@@ -221,7 +192,7 @@ def _run_video(
 
     def flush() -> None:
         nonlocal analysed
-        for result in stage.process(batch):
+        for result in analyser.analyse(batch):
             if result.error:
                 console.print(f"[yellow]frame {result.frame.seq}: {result.error}[/yellow]")
             rows.extend(_rows(result, video=True, crops_dir=crops_dir))
@@ -233,12 +204,12 @@ def _run_video(
                   console=console, transient=True) as progress:
         task = progress.add_task("frames", total=_estimated_frames(path, fps, limit))
         try:
-            for frame in video_frames(path, fps=fps, limit=limit, stream_id=path.stem or "video"):
+            for frame in read_frames(path, fps=fps, limit=limit):
                 batch.append(frame)
                 if len(batch) >= settings.pipeline.max_frames:
                     flush()
             flush()
-        except (av.error.FFmpegError, ValueError) as exc:
+        except VideoError as exc:
             flush()
             what = "cannot be opened as an image or a video" if analysed == 0 else (
                 f"decoding stopped after {analysed} frame(s)")

@@ -31,11 +31,12 @@ def score_command(
     """Mean p_fake of a video over N uniform frames (the papers' protocol), and per frame."""
     from rich.progress import Progress
 
-    from engines.calibration import Calibrator
-    from engines.detector import DetectorUnavailable, load_detector
+    from engines.backends import BackendUnavailable
+    from engines.detector import DetectorUnavailable
     from engines.store import StoreError
-    from stream.faces import FaceStage
-    from stream.video_score import VideoError, score_video
+    from stream.analysis import EVERY_FACE, Analyser
+    from stream.sources.reader import VideoError
+    from stream.video_score import score_video
 
     if not video.is_file():
         raise fail(f"{video} does not exist")
@@ -46,18 +47,18 @@ def score_command(
     if allow_untrained:
         detector.allow_untrained = True
     try:
-        face_stage = FaceStage.from_settings(settings)
-        scorer, info = load_detector(detector)
-    except (DetectorUnavailable, StoreError, ValueError) as exc:
+        analyser, info = Analyser.load(settings, EVERY_FACE, detector=detector)
+    except (DetectorUnavailable, BackendUnavailable, StoreError, ValueError) as exc:
         raise fail(str(exc)) from None
     if info.warning:
         console.print(f"[bold white on red] {info.warning} [/]")
-    calibrator = Calibrator.from_dict(info.calibration)
+    assert analyser.scorer is not None
+    calibrator = analyser.scorer.calibrator
     try:
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"scoring {video.name}", total=frames)
             result = score_video(
-                video, face_stage, scorer, calibrator, frames=frames,
+                video, analyser, frames=frames,
                 progress=lambda done: bar.update(task, completed=done),
             )
     except VideoError as exc:

@@ -1,0 +1,109 @@
+"""The one file reader for offline work (``dfstream score``, ``dfstream faces``, data preparation,
+evaluation): decoded frames of a local video, every frame, a rate, or N uniform frames.
+
+Live sources (``PyAVSource``) pace, drop and reconnect; offline work wants every frame it asked
+for, exactly once, in order, so it reads the file itself. Uniform sampling follows the papers'
+code: indices ``floor(linspace(0, n - 1, N))``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+
+from stream.sources.base import Frame
+from stream.sources.pyav import DECODE_THREAD_TYPE
+
+
+class VideoError(ValueError):
+    """The file cannot be read as a video (missing, not a video, no decodable frame)."""
+
+
+def uniform_indices(total: int, count: int) -> list[int]:
+    """``count`` frame indices spread evenly over ``total`` frames, as
+    ``np.linspace(0, total - 1, count, dtype=int)`` (floor) picks them; all frames if fewer."""
+    if total <= 0 or count <= 0:
+        return []
+    if count >= total:
+        return list(range(total))
+    return [int(i) for i in np.floor(np.linspace(0, total - 1, count))]
+
+
+def count_frames(path: Path) -> int:
+    """Video frames of the file: the header's count, else its video packets (demuxing only)."""
+    with _open(path) as container:
+        video = container.streams.video[0]
+        if video.frames:
+            return int(video.frames)
+        return sum(1 for packet in container.demux(video) if packet.size > 0)
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.is_file():
+        raise VideoError(f"{path} does not exist")
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as exc:
+        raise VideoError(f"{path} cannot be read as a video: {exc}") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path} has no video stream")
+    return container
+
+
+def read_frames(
+    path: Path,
+    *,
+    indices: list[int] | None = None,
+    fps: float | None = None,
+    limit: int | None = None,
+    stream_id: str | None = None,
+) -> Iterator[Frame]:
+    """Decoded frames of ``path`` in order, each with its index in the file as ``seq``.
+
+    ``indices``: only these frames; ``fps``: at most this many frames per second of video;
+    ``limit``: at most this many frames. Decoding errors past the first frame raise VideoError
+    naming how far it got.
+    """
+    wanted = set(indices) if indices is not None else None
+    last = max(wanted) if wanted else None
+    if wanted is not None and not wanted:
+        return
+    stream = stream_id or path.stem or "video"
+    delivered = 0
+    with _open(path) as container:
+        video = container.streams.video[0]
+        video.thread_type = DECODE_THREAD_TYPE
+        rate = float(video.average_rate or 30)
+        next_time: float | None = None
+        index = -1
+        try:
+            for index, picture in enumerate(container.decode(video)):
+                pts = float(picture.time) if picture.time is not None else index / rate
+                if wanted is not None and index not in wanted:
+                    continue
+                if fps is not None:
+                    if next_time is not None and pts < next_time - 1e-6:
+                        continue
+                    next_time = pts + 1.0 / fps
+                yield Frame(stream, index, pts, time.time(), av_frame=picture)
+                delivered += 1
+                if (limit is not None and delivered >= limit) or (
+                    last is not None and index >= last
+                ):
+                    return
+        except av.FFmpegError as exc:
+            what = "cannot be decoded" if index < 0 else f"decoding stopped after frame {index}"
+            raise VideoError(f"{path} {what}: {exc}") from None
+
+
+def read_uniform(path: Path, count: int, *, stream_id: str | None = None) -> Iterator[Frame]:
+    """``count`` uniformly spaced frames of ``path`` (the papers' evaluation sampling)."""
+    wanted = uniform_indices(count_frames(path), count)
+    if not wanted:
+        raise VideoError(f"{path} holds no video frame")
+    yield from read_frames(path, indices=wanted, stream_id=stream_id)
