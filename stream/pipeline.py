@@ -245,9 +245,18 @@ class Pipeline:
                 log.exception("face detection failed on a batch of %d frames", len(frames))
                 continue
             metrics.stage_seconds.labels("detect").observe(time.perf_counter() - started)
+            self._forget_removed(frames)
             metrics.batch_size.labels("detect").observe(len(frames))
             self._put(_Batch(results, collected_at))
         self._put(_STOP)
+
+    def _forget_removed(self, frames: list[Frame]) -> None:
+        """A stream removed while its frame was being detected got its tracks back from that
+        frame: drop them again (remove() itself ran too early to)."""
+        with self._slots_lock:
+            gone = {f.stream_id for f in frames} - self._slots.keys()
+        for stream_id in gone:
+            self.analyser.forget(stream_id)
 
     def _put(self, item: _Batch | object) -> None:
         while True:

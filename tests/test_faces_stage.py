@@ -23,18 +23,14 @@ from stream.samples import (
     compose_frame,
     face_placement,
 )
-from stream.sources.base import Frame
 from stream.sources.reader import read_frames
 from stream.tracker import box_iou
+from tests.support.frames import CorruptFrame, rgb_frame
 
 
 @pytest.fixture(scope="module")
 def detector(retinaface_weights: Path) -> RetinaFaceDetector:
     return RetinaFaceDetector.load("mobilenet0.25", device="cpu")
-
-
-def rgb_frame(stream: str, rgb: np.ndarray, seq: int = 0, pts: float = 0.0) -> Frame:
-    return Frame(stream, seq, pts, time.time(), rgb=rgb)
 
 
 def describe(result: FrameFaces) -> str:
@@ -117,13 +113,6 @@ def test_streams_of_one_batch_keep_their_own_tracks(detector: RetinaFaceDetector
         assert all(f.confirmed for f in after.faces) and not any(f.confirmed for f in before.faces)
     stage.forget("a")
     assert "a" not in stage.trackers
-
-
-class CorruptFrame(Frame):
-    """A frame whose picture cannot be converted, as a damaged decoder output would be."""
-
-    def detection_image(self, max_side: int) -> tuple[np.ndarray, float]:
-        raise RuntimeError("corrupt picture")
 
 
 def test_a_bad_frame_fails_alone(detector: RetinaFaceDetector, face_video_360p: Path) -> None:

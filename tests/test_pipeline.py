@@ -1,0 +1,224 @@
+"""The pipeline's scheduling: batches across streams, fairness, the live crop cap, a stream
+removed while its frames are in flight, a failing frame isolated; and the property that a frame
+scores the same live as through ``dfstream score``.
+
+Real RetinaFace weights, a random-weight ``tiny`` CLIP scorer, a real redis-server; sources are
+``ListSource`` (always a frame ready, so no assertion depends on timing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from engines.backends import create_scorer
+from engines.calibrated import CalibratedScorer
+from engines.calibration import Calibrator
+from engines.clip_detector import random_detector
+from engines.retinaface import RetinaFaceDetector
+from stream.analysis import EVERY_FACE, Analyser, CropPolicy
+from stream.config import FaceSettings, PipelineSettings, RedisSettings, ScoringSettings
+from stream.faces import FaceStage
+from stream.pipeline import Pipeline
+from stream.publish import Publisher
+from stream.samples import FacePlacement, compose_frame
+from stream.scoring import StreamScoring
+from stream.sources.base import Frame
+from stream.sources.pyav import PyAVSource
+from stream.video_score import score_video
+from tests.support.frames import CorruptFrame, ListSource
+from tests.support.sources import fast_ingest, wait_for
+
+FACE = compose_frame(640, 360, FacePlacement(200, 40, 0.6))
+
+
+@pytest.fixture(scope="module")
+def face_detector(retinaface_weights: Path) -> RetinaFaceDetector:
+    return RetinaFaceDetector.load("mobilenet0.25", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scorer() -> CalibratedScorer:
+    engine = create_scorer(random_detector("tiny"), backend="torch", device="cpu", max_batch=8)
+    return CalibratedScorer(engine, Calibrator("temperature", (2.0,)))
+
+
+def live_analyser(
+    detector: RetinaFaceDetector, scorer: CalibratedScorer, settings: PipelineSettings
+) -> Analyser:
+    stage = FaceStage(detector, FaceSettings(min_face_px=8, max_faces=16))
+    return Analyser(stage, scorer, CropPolicy.live(settings))
+
+
+@contextlib.asynccontextmanager
+async def running(
+    analyser: Analyser, settings: PipelineSettings, redis_url: str
+) -> AsyncIterator[Pipeline]:
+    publisher = Publisher.from_settings(RedisSettings(), redis_url)
+    await publisher.start()
+    assert await publisher.wait_connected(5)
+    pipeline = Pipeline(analyser, publisher, settings)
+    pipeline.start()
+    try:
+        yield pipeline
+    finally:
+        pipeline.stop()
+        await publisher.close()
+
+
+def add(pipeline: Pipeline, source: ListSource | PyAVSource) -> None:
+    scoring = StreamScoring.from_settings(source.stream_id, ScoringSettings())
+    pipeline.publisher.stream_online(source.stream_id, epoch=1)
+    pipeline.add(source, scoring)  # type: ignore[arg-type]
+    source.start()
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    ok = await asyncio.get_running_loop().run_in_executor(None, wait_for, predicate, timeout_s)
+    assert ok, "condition not reached in time"
+
+
+def sources(names: Sequence[str], pictures: Sequence[np.ndarray], pipeline: Pipeline,
+            repeat: bool = True) -> list[ListSource]:
+    return [ListSource(n, pictures, repeat=repeat, on_frame=pipeline.notify) for n in names]
+
+
+async def test_a_batch_takes_one_frame_per_stream_in_rotating_order(
+    face_detector: RetinaFaceDetector, scorer: CalibratedScorer, redis_url: str
+) -> None:
+    settings = PipelineSettings(max_frames=2, max_wait_ms=0)
+    analyser = live_analyser(face_detector, scorer, settings)
+    async with running(analyser, settings, redis_url) as pipeline:
+        streams = sources(["a", "b", "c"], [FACE], pipeline)
+        for source in streams:
+            add(pipeline, source)
+        await until(lambda: pipeline.batches >= 12)
+        for source in streams:
+            pipeline.remove(source.stream_id)
+    taken = [source.taken for source in streams]
+    # Every stream always had a frame ready, two fit a batch: rotation shares them out evenly.
+    assert max(taken) - min(taken) <= 2, taken
+    assert min(taken) >= 6, taken
+
+
+async def test_the_live_policy_caps_crops_per_frame_and_skips_unconfirmed_tracks(
+    face_detector: RetinaFaceDetector, scorer: CalibratedScorer, redis_url: str
+) -> None:
+    crowd = None
+    for place in (FacePlacement(20, 40, 0.5), FacePlacement(330, 40, 0.45),
+                  FacePlacement(20, 200, 0.4), FacePlacement(400, 220, 0.35)):
+        crowd = compose_frame(640, 360, place, backdrop=crowd)
+    assert crowd is not None
+    found = len(analyser_faces(face_detector, crowd))
+    assert found >= 3, f"the crowded picture shows {found} faces"
+    settings = PipelineSettings(max_frames=4, max_wait_ms=0, max_crops_per_stream=2)
+    analyser = live_analyser(face_detector, scorer, settings)
+    async with running(analyser, settings, redis_url) as pipeline:
+        (source,) = sources(["crowd"], [crowd, crowd, crowd], pipeline, repeat=False)
+        add(pipeline, source)
+        slot = pipeline.slot("crowd")
+        assert slot is not None
+        await until(lambda: slot.analysed == 3)
+        per_frame = [len(slot.last.faces)] if slot.last else []
+    # The first frame's tracks are not yet confirmed (track_min_hits 2): nothing scored.
+    assert slot.faces == 2 + 2, slot.faces
+    assert per_frame == [2]
+    assert [f.track for f in slot.last.faces] == [1, 2]  # the two largest
+
+
+def analyser_faces(detector: RetinaFaceDetector, picture: np.ndarray) -> tuple[object, ...]:
+    stage = FaceStage(detector, FaceSettings(min_face_px=8, max_faces=16))
+    return stage.process([Frame("probe", 0, 0.0, 0.0, rgb=picture)])[0].faces
+
+
+async def test_a_removed_stream_publishes_nothing_more_and_its_tracks_are_forgotten(
+    face_detector: RetinaFaceDetector, scorer: CalibratedScorer, redis_url: str
+) -> None:
+    settings = PipelineSettings(max_frames=4, max_wait_ms=0)
+    analyser = live_analyser(face_detector, scorer, settings)
+    async with running(analyser, settings, redis_url) as pipeline:
+        gone, stays = sources(["gone", "stays"], [FACE], pipeline)
+        add(pipeline, gone)
+        add(pipeline, stays)
+        await until(lambda: pipeline.batches >= 3)
+        slot = pipeline.remove("gone")  # frames of it may be in the hand-over right now
+        assert slot is not None
+        analysed = slot.analysed
+        batches = pipeline.batches
+        await until(lambda: pipeline.batches >= batches + 4)
+        assert slot.analysed == analysed
+        assert "gone" not in analyser.face_stage.trackers
+        still = pipeline.slot("stays")
+        assert still is not None and still.analysed > 0
+
+
+async def test_a_failing_frame_costs_its_stream_that_frame_only(
+    face_detector: RetinaFaceDetector, scorer: CalibratedScorer, redis_url: str
+) -> None:
+    settings = PipelineSettings(max_frames=4, max_wait_ms=0)
+    analyser = live_analyser(face_detector, scorer, settings)
+    bad_frames = [CorruptFrame("bad", i, i / 5, 0.0, rgb=FACE) for i in range(3)]
+    async with running(analyser, settings, redis_url) as pipeline:
+        (good,) = sources(["good"], [FACE] * 4, pipeline, repeat=False)
+        bad = ListSource("bad", bad_frames, on_frame=pipeline.notify)
+        add(pipeline, bad)
+        add(pipeline, good)
+        good_slot, bad_slot = pipeline.slot("good"), pipeline.slot("bad")
+        assert good_slot is not None and bad_slot is not None
+        await until(lambda: good_slot.analysed == 4 and bad_slot.frame_errors == 3)
+        assert bad_slot.analysed == 0
+        assert bad_slot.last_error is not None and "corrupt picture" in bad_slot.last_error
+        assert good_slot.frame_errors == 0 and good_slot.faces >= 3
+        assert pipeline.engine_errors == 0
+
+
+async def test_a_frame_scores_the_same_live_as_through_dfstream_score(
+    face_detector: RetinaFaceDetector,
+    scorer: CalibratedScorer,
+    redis_url: str,
+    face_video_360p: Path,
+) -> None:
+    settings = PipelineSettings(max_frames=4, max_wait_ms=0)
+    analyser = live_analyser(face_detector, scorer, settings)
+    client = aioredis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe("dfstream:scores:file")
+    live: dict[float, float] = {}
+    async with running(analyser, settings, redis_url) as pipeline:
+        source = PyAVSource("file", str(face_video_360p), fast_ingest(), analysis_fps=30,
+                            realtime=False, on_frame=pipeline.notify)
+        add(pipeline, source)
+        slot = pipeline.slot("file")
+        assert slot is not None
+        # Read as fast as analysis takes frames, losing none; then every taken frame analysed.
+        await until(lambda: source.stats().ended)
+        await until(lambda: slot.analysed + slot.frame_errors >= source.stats().frames_taken)
+        loop = asyncio.get_running_loop()
+        quiet_until = loop.time() + 2.0
+        while loop.time() < quiet_until:  # until two seconds without a message
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is None:
+                continue
+            quiet_until = loop.time() + 2.0
+            payload = orjson.loads(message["data"])
+            if payload["faces"]:
+                live[round(payload["pts"], 3)] = payload["faces"][0]["p_fake"]
+        source.stop()
+    await pubsub.aclose()
+    await client.aclose()
+
+    offline = Analyser(FaceStage(face_detector, FaceSettings(min_face_px=8, max_faces=16)),
+                       scorer, EVERY_FACE)
+    result = score_video(face_video_360p, offline, frames=10_000)
+    scored = {round(f.pts, 3): f.p_fake for f in result.frames if f.p_fake is not None}
+    common = sorted(set(live) & set(scored))
+    assert len(common) >= 0.8 * len(scored), (len(live), len(scored), len(common))
+    differences = [abs(live[t] - scored[t]) for t in common]
+    assert max(differences) <= 1e-5, max(differences)
