@@ -80,5 +80,6 @@ from stream.commands import (  # noqa: E402,F401
     score,
     serve,
     thresholds,
+    train,
     watch,
 )

@@ -1,0 +1,155 @@
+"""``dfstream train PREP --out BUNDLE``: LN-tuning of the detector on a prepared crop set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+
+if TYPE_CHECKING:
+    from engines.checkpoints import BaseTower
+
+RANDOM_BASE = "random"
+
+
+def resolve_base(reference: str | None, arch: str, seed: int) -> BaseTower:
+    """The base tower to tune: a file, an installed base, or a random-init tower (``random``,
+    the default for ``tiny``, which has no published weights), kept in the store by seed."""
+    from engines.checkpoints import (
+        DEFAULT_BASES,
+        CheckpointError,
+        load_base,
+        read_base,
+        save_base,
+    )
+    from engines.clip_detector import random_detector
+    from engines.store import BASES_SUBDIR, find_in_store
+
+    if reference is None:
+        reference = DEFAULT_BASES.get(arch, RANDOM_BASE)
+    if reference == RANDOM_BASE:
+        name = f"{arch.lower()}-random-init-seed{seed}"
+        if find_in_store(BASES_SUBDIR, name) is None:
+            model = random_detector(arch, seed=seed)
+            tower = {k: v for k, v in model.state_dict().items() if k.startswith("visual.")}
+            save_base(tower, name, arch, {"init": "open_clip random initialisation",
+                                          "seed": seed, "pretrained": False})
+        return load_base(name)
+    path = Path(reference).expanduser()
+    try:
+        return read_base(path) if path.suffix == ".safetensors" else load_base(reference)
+    except CheckpointError as exc:
+        raise fail(str(exc)) from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@app.command("train")
+def train_command(
+    prepared: Annotated[Path, typer.Argument(help="A folder made by `dfstream data prepare`.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the detector bundle "
+                                      "(.safetensors).")],
+    arch: Annotated[str, typer.Option(help="ViT-L-14 (the papers'), ViT-B-16 or tiny.")]
+    = "ViT-L-14",
+    base: Annotated[str | None, typer.Option(
+        help="Base tower: an installed base name, a base .safetensors file, or 'random' (a "
+        "random-init tower: tests and synthetic demos only). Default: the arch's OpenAI base; "
+        "'random' for tiny.", show_default=False)] = None,
+    epochs: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    batch_size: Annotated[int, typer.Option(min=2, max=4096)] = 128,
+    lr: Annotated[float, typer.Option(min=1e-8, max=1.0)] = 3e-4,
+    min_lr: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1e-5,
+    warmup_epochs: Annotated[float, typer.Option(min=0.0, max=100.0)] = 1.0,
+    uniformity: Annotated[float, typer.Option(min=0.0, help="Weight of the uniformity loss.")]
+    = 0.5,
+    alignment: Annotated[float, typer.Option(min=0.0, help="Weight of the alignment loss.")]
+    = 0.1,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.0,
+    slerp: Annotated[bool, typer.Option(help="Slerp feature augmentation.")] = True,
+    augment: Annotated[bool, typer.Option(help="The authors' image augmentations.")] = True,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint beside --out.")]
+    = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """LN-tune the detector (the 50 LayerNorms of ViT-L/14 + the head) with cross-entropy,
+    uniformity and alignment, slerp feature augmentation and paired real/fake batches; keep
+    the epoch with the best validation video AP; write a bundle that `serve` can load."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from engines.checkpoints import CheckpointError, save_bundle
+    from engines.clip_detector import ARCHS
+    from engines.evaluation import MetricsError
+    from engines.training.crops import PreparedSet, PreparedSetError
+    from engines.training.trainer import TrainConfig, TrainingError, train
+    from engines.training.tuning import TuningError
+    from stream.config import apply_store_locations
+
+    if arch not in ARCHS:
+        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
+    apply_store_locations(settings_or_exit(config))
+    try:
+        prepared_set = PreparedSet.open(prepared)
+        tower = resolve_base(base, arch, seed)
+    except (PreparedSetError, CheckpointError) as exc:
+        raise fail(str(exc)) from None
+    train_config = TrainConfig(
+        arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr,
+        warmup_epochs=warmup_epochs, uniformity=uniformity, alignment=alignment,
+        label_smoothing=label_smoothing, slerp=slerp, augment=augment, seed=seed, device=device,
+    )
+    checkpoint = out.with_name(out.stem + ".train.pt")
+    columns = (TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+               MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"))
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("train", total=None, epoch=0, epochs=epochs, loss=0.0)
+
+        def progress(epoch: int, step: int, steps: int, loss: float) -> None:
+            bar.update(task, completed=step, total=steps, epoch=epoch, loss=loss)
+
+        try:
+            result = train(prepared_set, tower, train_config, checkpoint=checkpoint,
+                           resume=resume, progress=progress)
+        except (TrainingError, TuningError, MetricsError, PreparedSetError, ValueError) as exc:
+            raise fail(str(exc)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_bundle(result.bundle, out)
+    summary = {
+        "arch": arch,
+        "base": tower.name,
+        "base_sha256": tower.sha256,
+        "trainable": result.trainable,
+        "changed_frozen": result.changed_frozen,
+        "train_crops": result.train_crops,
+        "paired_fakes": result.paired_fakes,
+        "epochs": [asdict(h) for h in result.history],
+        "steps": result.steps,
+        "resumed_from_epoch": result.resumed_from,
+        "val": {**result.best_val, "epoch": result.best_epoch},
+        "bundle": str(out),
+        "bundle_sha256": _sha256(out),
+        "checkpoint": str(checkpoint),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    for h in result.history:
+        console.print(f"epoch {h.epoch}: loss {h.loss.get('total', 0):.4f}, val video AUROC "
+                      f"{h.val['auroc']:.3f} AP {h.val['ap']:.3f} ({h.crops_per_s:.0f} crops/s)")
+    console.print(f"[green]bundle[/green] {out} (best epoch {result.best_epoch}: AUROC "
+                  f"{result.best_val['auroc']:.3f}, AP {result.best_val['ap']:.3f}); "
+                  f"{result.trainable:,} values trained, {result.changed_frozen} frozen changed")
