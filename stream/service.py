@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from engines.calibration import Calibrator
-from engines.detector import DetectorInfo, load_detector
+from engines.deepfake_detector import DetectorInfo, load_detector
 from engines.interfaces import CROP_SIZE, CropScorer
 from stream.backoff import Backoff
 from stream.config import Settings, StreamSpec

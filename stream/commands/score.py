@@ -32,7 +32,7 @@ def score_command(
     from rich.progress import Progress
 
     from engines.calibration import Calibrator
-    from engines.detector import DetectorUnavailable, load_detector
+    from engines.deepfake_detector import DetectorUnavailable, load_detector
     from engines.store import StoreError
     from stream.faces import FaceStage
     from stream.video_score import VideoError, score_video
