@@ -28,6 +28,7 @@ from engines.clip_detector import ARCHS
 
 BASE_FORMAT = "dfstream-clip-base"
 DEFAULT_BASES = {"ViT-L-14": "clip-vit-l-14-openai", "ViT-B-16": "clip-vit-b-16-openai"}
+"""The store name of the OpenAI tower each architecture's published detectors were tuned from."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class BaseRef:
 
 @dataclass
 class BaseTower:
+    """A loaded base: its tensors (open_clip names), their sha256 and where they came from."""
+
     name: str
     arch: str
     sha256: str
