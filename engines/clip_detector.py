@@ -3,7 +3,8 @@
 The tower is open_clip's own ``VisionTransformer`` built from open_clip's config registry (the
 QuickGELU variants OpenAI trained with; a mismatch there changes every output), with CLIP's
 projection removed so the feature is the CLS token after ``ln_post``. Only the LayerNorms and the
-head are trainable: that delta is all a detector bundle has to carry (engines/checkpoints.py).
+head are trainable: that delta is all a detector bundle has to carry
+(engines/checkpoints/bundle.py).
 
 The module takes uint8 RGB crops (N, 224, 224, 3) and normalises them itself, so every exported
 form of it (ONNX, TensorRT) takes uint8 too and only a quarter of the bytes cross to the device.

@@ -46,6 +46,6 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> RankingMetrics:
     return RankingMetrics(
         float(roc_auc_score(labels, scores)),
         float(average_precision_score(labels, scores)),
-        int(len(labels)),
+        len(labels),
         int(labels.sum()),
     )

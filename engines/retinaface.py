@@ -37,7 +37,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import batched_nms
 
-from engines import store
+from engines import artifacts, store
 from engines.interfaces import FaceDetection
 
 log = logging.getLogger(__name__)
@@ -422,8 +422,9 @@ def load_network(
     if arch not in ARCHS:
         raise ValueError(f"unknown RetinaFace backbone {arch!r}; known: {', '.join(ARCHS)}")
     if weights is None:
-        path = store.resolve(ARTIFACT_OF_ARCH[arch])
-        info = WeightsInfo(path, store.artifact(ARTIFACT_OF_ARCH[arch]).sha256, registered=True)
+        art = artifacts.ARTIFACTS.lookup(ARTIFACT_OF_ARCH[arch])
+        path = artifacts.resolve(art.name)
+        info = WeightsInfo(path, art.sha256, registered=True)
     else:
         path = Path(weights)
         if not path.is_file():

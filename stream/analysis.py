@@ -18,7 +18,7 @@ import numpy as np
 
 from engines.calibrated import CalibratedScorer
 from engines.calibration import Calibrator
-from engines.detector import DetectorInfo, load_detector
+from engines.deepfake_detector import DetectorInfo, load_detector
 from engines.interfaces import CROP_SIZE
 from stream.config import DetectorSettings, PipelineSettings, Settings
 from stream.faces import Face, FaceStage, FrameFaces

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stream.config import ConfigError, Settings, load_settings
+from stream.config import ConfigError, Settings, configure_store, load_settings
 
 app = typer.Typer(
     name="dfstream",
@@ -36,12 +36,15 @@ ConfigOption = Annotated[
 
 
 def settings_or_exit(config: Path | None, **overrides: object) -> Settings:
-    """Load settings; on a bad config print what is wrong and exit 2 rather than a traceback."""
+    """Load settings and point the model store at their locations, so that every command
+    honours them alike; on a bad config print what is wrong and exit 2 rather than a traceback."""
     try:
-        return load_settings(config, **overrides)
+        settings = load_settings(config, **overrides)
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    configure_store(settings)
+    return settings
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

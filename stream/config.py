@@ -22,6 +22,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from engines import store
+
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -383,9 +385,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         _yaml_file.reset(token)
 
 
-def apply_store_locations(settings: Settings) -> None:
-    """The model store reads DFSTREAM_HOME / DFSTREAM_WEIGHTS_DIR; a config file may set them."""
-    if settings.home is not None:
-        os.environ["DFSTREAM_HOME"] = str(settings.home)
-    if settings.weights_dir is not None:
-        os.environ["DFSTREAM_WEIGHTS_DIR"] = str(settings.weights_dir)
+def configure_store(settings: Settings) -> None:
+    """Point the model store at the configured locations (``home``, ``weights_dir``; from the
+    config file or DFSTREAM_HOME / DFSTREAM_WEIGHTS_DIR). Unset ones fall back to the defaults,
+    so each call fully replaces what an earlier one set."""
+    store.configure(home=settings.home, weights_dir=settings.weights_dir)

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from engines.detector import DetectorInfo
+from engines.deepfake_detector import DetectorInfo
 from stream.analysis import Analyser, CropPolicy
 from stream.backoff import Backoff
 from stream.config import Settings, StreamSpec

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from engines import store
 from stream.redis_server import EmbeddedRedis
 from stream.samples import write_face_video
 
@@ -19,6 +20,17 @@ def pytest_configure(config: pytest.Config) -> None:
     # Tests read real weights from the shared folder and never write to the user's store.
     if SHARED_WEIGHTS.is_dir():
         os.environ.setdefault("DFSTREAM_WEIGHTS_DIR", str(SHARED_WEIGHTS))
+
+
+@pytest.fixture(autouse=True)
+def store_locations() -> Iterator[None]:
+    """The model store where the environment points (as the command line would configure it),
+    restored after each test, since a test or a command it runs may point it elsewhere."""
+    home, weights_dir = os.environ.get("DFSTREAM_HOME"), os.environ.get("DFSTREAM_WEIGHTS_DIR")
+    previous = store.configure(home=Path(home) if home else None,
+                               weights_dir=Path(weights_dir) if weights_dir else None)
+    yield
+    store.configure(home=previous.home, weights_dir=previous.weights_dir)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -90,10 +102,10 @@ def shared_weights() -> Path:
 @pytest.fixture(scope="session")
 def retinaface_weights() -> Path:
     """The published RetinaFace MobileNet-0.25 weights, verified, from the model store."""
-    from engines import store
+    from engines import artifacts
 
     try:
-        return store.resolve("retinaface-mobilenet0.25")
+        return artifacts.resolve("retinaface-mobilenet0.25")
     except store.StoreError as exc:
         pytest.fail(
             "the face tests need the published RetinaFace weights in the model store: run "

@@ -17,10 +17,12 @@ from engines.backends.bench import run_scorer_benchmark, vit_flops_per_crop
 from engines.backends.onnx_backend import OnnxRuntimeScorer, export_onnx
 from engines.backends.tensorrt_backend import tensorrt_available
 from engines.backends.torch_backend import TorchScorer, batch_buckets
-from engines.checkpoints import bundle_from_model, detector_from_state, install_bundle
+from engines.checkpoints.bundle import bundle_from_model, model_from_state
+from engines.checkpoints.catalog import install_bundle
 from engines.clip_detector import LNCLIPDetector, arch_spec, random_detector
-from engines.detector import UNTRAINED_WARNING, DetectorUnavailable, load_detector
+from engines.deepfake_detector import UNTRAINED_WARNING, DetectorUnavailable, load_detector
 from tests.support.clip_models import hf_vision_model, install_base, linear_head, random_crops
+from tests.support.model_store import use_store
 
 
 def _trt_imports() -> bool:
@@ -42,9 +44,7 @@ def scaled(model: LNCLIPDetector, seed: int = 2) -> LNCLIPDetector:
 
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DFSTREAM_HOME", str(tmp_path / "store"))
-    monkeypatch.delenv("DFSTREAM_WEIGHTS_DIR", raising=False)
-    return tmp_path / "store"
+    return use_store(monkeypatch, tmp_path / "store", weights_dir=None)
 
 
 def test_crops_are_checked() -> None:
@@ -215,7 +215,7 @@ def test_the_service_settings_section_is_what_load_detector_takes() -> None:
 
 def test_the_installed_bundle_is_found_and_described() -> None:
     base = install_base(hf_vision_model("tiny"))
-    model = scaled(detector_from_state("tiny", {**base.tensors,
+    model = scaled(model_from_state("tiny", {**base.tensors,
                                                 "head.weight": torch.zeros(2, 64),
                                                 "head.bias": torch.zeros(2)}))
     calibration = {"method": "platt", "params": [1.5, -0.2]}

@@ -14,28 +14,29 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engines import store
-from engines.checkpoints import (
-    BaseMismatchError,
-    BaseRef,
+from engines.checkpoints.base import BaseRef, import_base, load_base
+from engines.checkpoints.bundle import (
     Bundle,
-    CheckpointError,
-    build_detector,
     bundle_from_model,
-    detector_from_state,
-    hf_tower_to_open_clip,
-    import_base,
+    model_from_bundle,
+    model_from_state,
+    read_bundle,
+    save_bundle,
+)
+from engines.checkpoints.catalog import install_bundle, verify_bundle
+from engines.checkpoints.errors import CheckpointError
+from engines.checkpoints.files import tensors_sha256
+from engines.checkpoints.importers import (
+    BaseMismatchError,
     import_bundle_file,
     import_gend,
     import_lightning,
+)
+from engines.checkpoints.keymap import (
+    hf_tower_to_open_clip,
     infer_arch,
-    install_bundle,
-    load_base,
-    read_bundle,
-    save_bundle,
     split_checkpoint,
-    tensors_sha256,
     tuned_keys,
-    verify_bundle,
 )
 from engines.clip_detector import _CONFIG_DIR
 from tests.support.clip_models import (
@@ -47,13 +48,12 @@ from tests.support.clip_models import (
     tune_layernorms,
     write_gend_file,
 )
+from tests.support.model_store import use_store
 
 
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DFSTREAM_HOME", str(tmp_path / "store"))
-    monkeypatch.delenv("DFSTREAM_WEIGHTS_DIR", raising=False)
-    return tmp_path / "store"
+    return use_store(monkeypatch, tmp_path / "store", weights_dir=None)
 
 
 def logits_of(model: torch.nn.Module, crops: np.ndarray) -> np.ndarray:
@@ -73,14 +73,14 @@ def test_bundle_round_trip_gives_identical_logits(tmp_path: Path) -> None:
     base = install_base(base_hf)
     state = {**hf_tower_to_open_clip(tuned_hf.state_dict()),
              "head.weight": head.weight, "head.bias": head.bias}
-    model = detector_from_state("tiny", state)
+    model = model_from_state("tiny", state)
     calibration = {"method": "temperature", "params": [1.7]}
     bundle = bundle_from_model(model, base.ref, calibration=calibration,
                                training={"lr": 3e-4}, metrics={"auroc": 0.5})
     path = install_bundle(bundle, "tiny-tuned")
     loaded = read_bundle(path)
     crops = random_crops(5)
-    assert np.array_equal(logits_of(build_detector(loaded), crops), logits_of(model, crops))
+    assert np.array_equal(logits_of(model_from_bundle(loaded), crops), logits_of(model, crops))
     assert loaded.calibration == calibration
     assert loaded.training == {"lr": 3e-4} and loaded.metrics == {"auroc": 0.5}
     assert loaded.base == base.ref and set(loaded.tensors) == set(tuned_keys("tiny"))
@@ -89,9 +89,9 @@ def test_bundle_round_trip_gives_identical_logits(tmp_path: Path) -> None:
 
 
 def test_vit_l_bundle_is_about_0_4_mb(tmp_path: Path) -> None:
-    from engines.checkpoints import _detector_keys
+    from engines.checkpoints.keymap import detector_keys
 
-    shapes = _detector_keys("ViT-L-14")[2]
+    shapes = detector_keys("ViT-L-14")[2]
     tensors = {k: torch.zeros(shapes[k]) for k in tuned_keys("ViT-L-14")}
     assert sum(t.numel() for t in tensors.values()) == 104_450
     path = save_bundle(Bundle("ViT-L-14", tensors, BaseRef("clip-vit-l-14-openai", "0" * 64)),
@@ -100,7 +100,7 @@ def test_vit_l_bundle_is_about_0_4_mb(tmp_path: Path) -> None:
 
 
 def test_full_bundle_needs_no_base(tmp_path: Path) -> None:
-    model = detector_from_state("tiny", {
+    model = model_from_state("tiny", {
         **hf_tower_to_open_clip(hf_vision_model("tiny").state_dict()),
         "head.weight": torch.ones(2, 64), "head.bias": torch.zeros(2),
     })
@@ -108,12 +108,12 @@ def test_full_bundle_needs_no_base(tmp_path: Path) -> None:
     loaded = read_bundle(path)
     assert loaded.full
     crops = random_crops(2)
-    assert np.array_equal(logits_of(build_detector(loaded), crops), logits_of(model, crops))
+    assert np.array_equal(logits_of(model_from_bundle(loaded), crops), logits_of(model, crops))
 
 
 def test_corrupt_bundle_is_refused(tmp_path: Path) -> None:
     base = install_base(hf_vision_model("tiny"))
-    model = detector_from_state("tiny", {**base.tensors, "head.weight": torch.ones(2, 64),
+    model = model_from_state("tiny", {**base.tensors, "head.weight": torch.ones(2, 64),
                                          "head.bias": torch.zeros(2)})
     path = save_bundle(bundle_from_model(model, base.ref), tmp_path / "b.safetensors")
     data = bytearray(path.read_bytes())
@@ -125,26 +125,26 @@ def test_corrupt_bundle_is_refused(tmp_path: Path) -> None:
 
 def test_bundle_refuses_a_different_base_under_the_same_name() -> None:
     base = install_base(hf_vision_model("tiny", seed=0))
-    model = detector_from_state("tiny", {**base.tensors, "head.weight": torch.ones(2, 64),
+    model = model_from_state("tiny", {**base.tensors, "head.weight": torch.ones(2, 64),
                                          "head.bias": torch.zeros(2)})
     bundle = bundle_from_model(model, base.ref)
     install_base(hf_vision_model("tiny", seed=7))  # same name, other weights
     with pytest.raises(CheckpointError, match="different weights under the same name"):
-        build_detector(bundle)
+        model_from_bundle(bundle)
 
 
 def test_bundle_without_its_base_says_how_to_get_it() -> None:
-    model = detector_from_state("tiny", {
+    model = model_from_state("tiny", {
         **hf_tower_to_open_clip(hf_vision_model("tiny").state_dict()),
         "head.weight": torch.ones(2, 64), "head.bias": torch.zeros(2),
     })
     bundle = bundle_from_model(model, BaseRef("clip-vit-b-16-openai", "1" * 64))
     with pytest.raises(CheckpointError, match="models pull clip-vit-b-16-openai"):
-        build_detector(bundle)
+        model_from_bundle(bundle)
 
 
 def test_calibration_is_validated() -> None:
-    model = detector_from_state("tiny", {
+    model = model_from_state("tiny", {
         **hf_tower_to_open_clip(hf_vision_model("tiny").state_dict()),
         "head.weight": torch.ones(2, 64), "head.bias": torch.zeros(2),
     })
@@ -164,7 +164,7 @@ def test_gend_import_keeps_only_the_delta_and_matches_the_reference(tmp_path: Pa
     assert not bundle.full and set(bundle.tensors) == set(tuned_keys("tiny"))
     assert bundle.source["tuned_layernorms"] == "6/6"
     crops = random_crops(4, seed=3)
-    np.testing.assert_allclose(logits_of(build_detector(bundle), crops),
+    np.testing.assert_allclose(logits_of(model_from_bundle(bundle), crops),
                                reference_logits(tuned_hf, head, crops), rtol=1e-4, atol=1e-4)
 
 
@@ -186,7 +186,7 @@ def test_import_refuses_frozen_weights_that_differ_from_the_base(tmp_path: Path)
     full = import_gend(path, base="clip-tiny-test", full_model=True)
     assert full.full and full.source["frozen_equals_base"] is False
     crops = random_crops(2)
-    np.testing.assert_allclose(logits_of(build_detector(full), crops),
+    np.testing.assert_allclose(logits_of(model_from_bundle(full), crops),
                                reference_logits(tuned_hf, head, crops), rtol=1e-4, atol=1e-4)
 
 
@@ -250,7 +250,7 @@ def test_lightning_checkpoint_with_the_authors_prefixes(tmp_path: Path, peft: bo
     assert bundle.source["layout"] == ("hf+peft-ln-tuning" if peft else "hf")
     assert bundle.source["head"] == "LinearNorm" and bundle.source["epoch"] == 9
     crops = random_crops(3, seed=4)
-    np.testing.assert_allclose(logits_of(build_detector(bundle), crops),
+    np.testing.assert_allclose(logits_of(model_from_bundle(bundle), crops),
                                reference_logits(tuned_hf, head, crops), rtol=1e-4, atol=1e-4)
 
 
@@ -315,7 +315,7 @@ def test_openai_base_as_torchscript_archive(tmp_path: Path) -> None:
             return self.visual.conv1(x)
 
     tower = hf_tower_to_open_clip(hf_vision_model("tiny").state_dict())
-    model = detector_from_state("tiny", {**tower, "head.weight": torch.zeros(2, 64),
+    model = model_from_state("tiny", {**tower, "head.weight": torch.zeros(2, 64),
                                          "head.bias": torch.zeros(2)})
     traced = torch.jit.trace(Holder(model.visual), torch.zeros(1, 3, 224, 224))
     path = tmp_path / "ViT-tiny.pt"
@@ -341,7 +341,7 @@ def test_unknown_and_incomplete_towers_are_named() -> None:
 
 def test_import_of_our_own_bundle_checks_its_base(tmp_path: Path) -> None:
     base = install_base(hf_vision_model("tiny"))
-    model = detector_from_state("tiny", {**base.tensors, "head.weight": torch.ones(2, 64),
+    model = model_from_state("tiny", {**base.tensors, "head.weight": torch.ones(2, 64),
                                          "head.bias": torch.zeros(2)})
     path = save_bundle(bundle_from_model(model, base.ref), tmp_path / "mine.safetensors")
     assert import_bundle_file(path).base == base.ref

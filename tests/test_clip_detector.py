@@ -8,7 +8,8 @@ import pytest
 import torch
 from open_clip.transformer import QuickGELU
 
-from engines.checkpoints import detector_from_state, hf_tower_to_open_clip, split_checkpoint
+from engines.checkpoints.bundle import model_from_state
+from engines.checkpoints.keymap import hf_tower_to_open_clip, split_checkpoint
 from engines.clip_detector import (
     ARCHS,
     FAKE_CLASS,
@@ -98,7 +99,7 @@ def _pooled_relative_error(arch: str, batch: int) -> float:
     hf = hf_vision_model(arch, seed=0)
     tower = hf_tower_to_open_clip(hf.state_dict())
     width = hf.config.hidden_size
-    model = detector_from_state(
+    model = model_from_state(
         arch, {**tower, "head.weight": torch.zeros(2, width), "head.bias": torch.zeros(2)}
     )
     pixels = clip_pixels(random_crops(batch, seed=5))

@@ -19,7 +19,7 @@ DASHBOARD = re.compile(r"dashboard: (http://127\.0\.0\.1:\d+/)")
 
 
 def no_trained_detector() -> bool:
-    from engines.detector import best_installed_bundle
+    from engines.deepfake_detector import best_installed_bundle
 
     return all(best_installed_bundle(arch) is None for arch in ("ViT-L-14", "ViT-B-16"))
 

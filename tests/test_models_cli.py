@@ -11,8 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from engines import store
-from engines.checkpoints import hf_tower_to_open_clip
+from engines import artifacts, hub
+from engines.checkpoints.keymap import hf_tower_to_open_clip
 from stream.cli import app
 from tests.support.clip_models import hf_vision_model, linear_head, tune_layernorms, write_gend_file
 
@@ -51,8 +51,8 @@ def test_list_covers_every_registered_artifact_and_hub_model() -> None:
     result = runner.invoke(app, ["models", "list", "--json"])
     assert result.exit_code == 0, result.output
     listed = json.loads(result.stdout)
-    assert {row["name"] for row in listed["artifacts"]} == set(store.ARTIFACTS)
-    assert {row["name"] for row in listed["pullable"]} == set(store.HUB_MODELS)
+    assert {row["name"] for row in listed["artifacts"]} == set(artifacts.ARTIFACTS)
+    assert {row["name"] for row in listed["pullable"]} == set(hub.HUB_MODELS)
     assert listed["bases"] == [] and listed["bundles"] == []
 
 

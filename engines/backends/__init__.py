@@ -48,7 +48,7 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def _weights_key(model: LNCLIPDetector) -> str:
-    from engines.checkpoints import tensors_sha256
+    from engines.checkpoints.files import tensors_sha256
 
     return tensors_sha256(model.state_dict())
 

@@ -145,7 +145,7 @@ def _add_ratios(results: list[dict[str, Any]], baseline_backend: str) -> None:
 def _scorers_cpu(model: LNCLIPDetector, batch: int, cache: Path) -> list[tuple[str, Any]]:
     from engines.backends.onnx_backend import OnnxRuntimeScorer, cached_onnx
     from engines.backends.torch_backend import TorchScorer
-    from engines.checkpoints import tensors_sha256
+    from engines.checkpoints.files import tensors_sha256
 
     onnx = cached_onnx(model, tensors_sha256(model.state_dict()), cache)
     return [
@@ -279,7 +279,7 @@ def _tensorrt_maker(
     except BackendUnavailable as exc:
         return _unavailable(str(exc))
     from engines.backends.onnx_backend import cached_onnx
-    from engines.checkpoints import tensors_sha256
+    from engines.checkpoints.files import tensors_sha256
 
     onnx = cached_onnx(model, tensors_sha256(model.state_dict()), cache)  # before .to(cuda)
     return lambda: TensorRTScorer(onnx, cache, device, max_batch)

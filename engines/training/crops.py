@@ -111,7 +111,8 @@ class PreparedSet:
             targets.append(np.full(len(loaded), video.target, np.int64))
             owners.append(np.full(len(loaded), number, np.int64))
         if not crops:
-            return np.empty((0, 224, 224, 3), np.uint8), np.empty(0, np.int64), np.empty(0, np.int64)
+            empty = np.empty(0, np.int64)
+            return np.empty((0, 224, 224, 3), np.uint8), empty, empty
         return np.concatenate(crops), np.concatenate(targets), np.concatenate(owners)
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from scipy import special
 
-from engines.checkpoints import BaseTower, Bundle, bundle_from_model, detector_from_state
+from engines.checkpoints.base import BaseTower
+from engines.checkpoints.bundle import Bundle, bundle_from_model, model_from_state
 from engines.clip_detector import LNCLIPDetector, arch_spec
 from engines.evaluation import ranking_metrics, video_means
 from engines.training.augment import augment_batch, training_augmentation
@@ -62,7 +63,7 @@ class TrainConfig:
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
         """Linear warm-up from ``min_lr`` over ``warmup_epochs``, then cosine to ``min_lr``."""
-        warmup = int(round(self.warmup_epochs * steps_per_epoch))
+        warmup = round(self.warmup_epochs * steps_per_epoch)
         total = max(1, self.epochs * steps_per_epoch)
         if step < warmup:
             return self.min_lr + (self.lr - self.min_lr) * step / warmup
@@ -108,7 +109,7 @@ def initial_model(base: BaseTower, seed: int) -> LNCLIPDetector:
         torch.manual_seed(seed)
         head = torch.nn.Linear(spec.width, 2)
     state = {**base.tensors, "head.weight": head.weight.detach(), "head.bias": head.bias.detach()}
-    return detector_from_state(base.arch, state)
+    return model_from_state(base.arch, state)
 
 
 @torch.no_grad()

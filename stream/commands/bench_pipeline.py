@@ -94,7 +94,7 @@ def bench_pipeline(
                                                          soft_wrap=True))
     except Exception as exc:  # engines, weights, redis-server: say what failed, no traceback
         from engines.backends import BackendUnavailable
-        from engines.detector import DetectorUnavailable
+        from engines.deepfake_detector import DetectorUnavailable
         from engines.store import StoreError
         from stream.redis_server import RedisServerError
 

@@ -152,7 +152,7 @@ class DetectorChoice:
 def choose_detector(configured: DetectorSettings) -> DetectorChoice:
     """The configured bundle; else the best installed one of any architecture (ViT-L/14 first);
     else random weights: ViT-L/14 on a CUDA GPU, the ``tiny`` network on a CPU."""
-    from engines.detector import best_installed_bundle
+    from engines.deepfake_detector import best_installed_bundle
 
     if configured.bundle is not None:
         return DetectorChoice(configured)
@@ -308,13 +308,11 @@ def demo(
     import asyncio
 
     from stream.commands.serve import check_bind, configure_logging
-    from stream.config import apply_store_locations
     from stream.redis_server import EmbeddedRedis, RedisServerError
 
     began = time.monotonic()
     settings = settings_or_exit(config)
     configure_logging(log_level.upper())
-    apply_store_locations(settings)
     check_bind(settings)
 
     stop = StopRequest()
@@ -519,7 +517,7 @@ async def _events_since(run: DemoRun, after: str) -> list[dict[str, Any]]:
 def _untrained_banner(note: str | None) -> RenderableType:
     from rich.panel import Panel
 
-    from engines.detector import UNTRAINED_WARNING
+    from engines.deepfake_detector import UNTRAINED_WARNING
 
     text = f"[bold]{UNTRAINED_WARNING}[/bold]"
     if note:

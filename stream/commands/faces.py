@@ -401,6 +401,7 @@ def bench_faces(
 ) -> None:
     """Face detector frames/s: sizes x batch sizes x backends (torch, ONNX Runtime; fp32/fp16
     on a GPU), with ratios against torch batch 1 measured in the same run."""
+    settings_or_exit(None)  # the model store's locations, as every command honours them
     import torch
 
     from engines.retinaface import ARCHS, resolve_device

@@ -1,7 +1,7 @@
 """``dfstream models pull|import|list|verify|info`` and ``dfstream bench scorer``.
 
 The store holds three kinds of things: plain artifacts with a published sha256 (e.g. the face
-detector weights, engines.store.ARTIFACTS), CLIP base towers, and detector bundles. These
+detector weights, engines.artifacts.ARTIFACTS), CLIP base towers, and detector bundles. These
 commands cover all three.
 """
 
@@ -28,13 +28,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 def _echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
-
-
-def _apply_store_settings(config: Path | None) -> None:
-    """The store honours DFSTREAM_HOME / DFSTREAM_WEIGHTS_DIR; the config may set them too."""
-    from stream.config import apply_store_locations
-
-    apply_store_locations(settings_or_exit(config))
 
 
 @models_app.command("info")
@@ -65,13 +58,14 @@ def models_info(
 
 
 def _list_rows() -> dict[str, list[dict[str, Any]]]:
-    from engines import store
-    from engines.checkpoints import installed_bases, installed_bundles
+    from engines.artifacts import ARTIFACTS, installed
+    from engines.checkpoints.catalog import installed_bases, installed_bundles
+    from engines.hub import HUB_MODELS
 
     artifacts = [
         {"name": row.name, "path": row.path, "installed": row.path is not None,
-         "description": store.ARTIFACTS[row.name].description}
-        for row in store.installed(check=False)
+         "description": ARTIFACTS[row.name].description}
+        for row in installed(check=False)
     ]
     bases = [
         {"name": b.name, "arch": b.arch, "path": b.path, "sha256": b.sha256, "size": b.size}
@@ -88,7 +82,7 @@ def _list_rows() -> dict[str, list[dict[str, Any]]]:
     available = [
         {"name": m.name, "kind": m.kind, "arch": m.arch, "installed": m.name in present,
          "source": m.weights.url, "description": m.description}
-        for m in sorted(store.HUB_MODELS.values(), key=lambda m: m.name)
+        for m in sorted(HUB_MODELS.values(), key=lambda m: m.name)
     ]
     return {"artifacts": artifacts, "bases": bases, "bundles": bundles, "pullable": available}
 
@@ -96,7 +90,7 @@ def _list_rows() -> dict[str, list[dict[str, Any]]]:
 @models_app.command("list")
 def models_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """What is installed (artifacts, base towers, detector bundles) and what can be pulled."""
-    _apply_store_settings(config)
+    settings_or_exit(config)
     rows = _list_rows()
     if as_json:
         _echo_json(rows)
@@ -125,12 +119,14 @@ def models_list(config: ConfigOption = None, as_json: JsonOption = False) -> Non
 @models_app.command("verify")
 def models_verify(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Check every installed file against its sha256 (and each bundle against its base)."""
-    _apply_store_settings(config)
+    settings_or_exit(config)
     from engines import store
-    from engines.checkpoints import CheckpointError, verify_base, verify_bundle
+    from engines.artifacts import installed
+    from engines.checkpoints.catalog import verify_base, verify_bundle
+    from engines.checkpoints.errors import CheckpointError
 
     checks: list[dict[str, Any]] = []
-    for row in store.installed(check=True):
+    for row in installed(check=True):
         if row.path is not None:
             checks.append({"kind": "artifact", "name": row.name, "path": str(row.path),
                            "ok": row.ok, "detail": row.detail})
@@ -181,24 +177,24 @@ def models_pull(
     config: ConfigOption = None,
 ) -> None:
     """Download models (and convert CLIP weights into base towers and detector bundles)."""
-    _apply_store_settings(config)
-    from engines import store
+    from engines import artifacts, store
+    from engines.hub import HUB_MODELS
 
     settings = settings_or_exit(config)
     if not names:
-        from engines import checkpoints
+        from engines.checkpoints.base import DEFAULT_BASES
 
         names = []
-        if settings.faces.detector in store.ARTIFACTS:
+        if settings.faces.detector in artifacts.ARTIFACTS:
             names.append(settings.faces.detector)
         detector = settings.detector.bundle or DEFAULT_DETECTORS.get(settings.detector.arch)
-        if detector in store.HUB_MODELS:
+        if detector is not None and detector in HUB_MODELS:
             names.append(detector)
-        elif settings.detector.arch in checkpoints.DEFAULT_BASES:
-            names.append(checkpoints.DEFAULT_BASES[settings.detector.arch])
-    unknown = [n for n in names if n not in store.ARTIFACTS and n not in store.HUB_MODELS]
+        elif settings.detector.arch in DEFAULT_BASES:
+            names.append(DEFAULT_BASES[settings.detector.arch])
+    unknown = [n for n in names if n not in artifacts.ARTIFACTS and n not in HUB_MODELS]
     if unknown:
-        known = sorted({*store.ARTIFACTS, *store.HUB_MODELS})
+        known = sorted({*artifacts.ARTIFACTS, *HUB_MODELS})
         raise fail(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}", 2)
     failed = False
     with _progress_bar() as bar:
@@ -211,8 +207,8 @@ def models_pull(
 
         for name in names:
             try:
-                if name in store.ARTIFACTS:
-                    path = store.pull(name, progress=_labelled(report, name))
+                if name in artifacts.ARTIFACTS:
+                    path = artifacts.pull(name, progress=_labelled(report, name))
                 else:
                     path = _pull_hub_model(name, report)
                 console.print(f"[green]{name}[/green]: {path}")
@@ -225,11 +221,13 @@ def models_pull(
 
 def _pull_hub_model(name: str, report: Any) -> Path:
     """Hub models need torch and open_clip, seconds to import: loaded only when one is pulled."""
-    from engines import checkpoints, store
+    from engines import store
+    from engines.checkpoints.errors import CheckpointError
+    from engines.checkpoints.pull import pull
 
     try:
-        return checkpoints.pull(name, progress=report)
-    except checkpoints.CheckpointError as exc:
+        return pull(name, progress=report)
+    except CheckpointError as exc:
         raise store.StoreError(str(exc)) from None
 
 
@@ -264,36 +262,40 @@ def models_import(
     config: ConfigOption = None,
 ) -> None:
     """Import a file you have into the store (the offline path of `pull`)."""
-    _apply_store_settings(config)
-    from engines import checkpoints, store
+    settings_or_exit(config)
+    from engines import artifacts, store
+    from engines.checkpoints.base import import_base
+    from engines.checkpoints.catalog import install_bundle
+    from engines.checkpoints.errors import CheckpointError
+    from engines.checkpoints.importers import import_bundle_file, import_gend, import_lightning
 
     try:
         if kind is ImportKind.artifact:
             if name is None:
-                raise fail(f"name the artifact with --name ({', '.join(sorted(store.ARTIFACTS))})")
-            target = store.install_file(name, path)
+                known = ", ".join(sorted(artifacts.ARTIFACTS))
+                raise fail(f"name the artifact with --name ({known})")
+            target = artifacts.install_file(name, path)
             console.print(f"[green]{name}[/green]: sha256 ok, installed at {target}")
             return
         if kind is ImportKind.base:
-            target = checkpoints.import_base(path, name=name, arch=arch,
+            target = import_base(path, name=name, arch=arch,
                                              source={"imported_from": str(path)})
             console.print(f"[green]base[/green]: {target}")
             return
         source = {"imported_from": str(path)}
         if kind is ImportKind.gend:
-            bundle = checkpoints.import_gend(path, base=base, full_model=full_model, source=source)
+            bundle = import_gend(path, base=base, full_model=full_model, source=source)
             default = "gend-clip-l-14" if bundle.arch == "ViT-L-14" else f"gend-{bundle.arch}"
         elif kind is ImportKind.lightning:
-            bundle = checkpoints.import_lightning(path, base=base, full_model=full_model,
-                                                  source=source)
+            bundle = import_lightning(path, base=base, full_model=full_model, source=source)
             default = "ln-clip-l-14" if bundle.arch == "ViT-L-14" else f"ln-clip-{bundle.arch}"
         else:
-            bundle = checkpoints.import_bundle_file(path)
+            bundle = import_bundle_file(path)
             default = path.stem
         if arch is not None and bundle.arch != arch:
             raise fail(f"{path} holds a {bundle.arch} detector, not {arch}")
-        target = checkpoints.install_bundle(bundle, name or default, overwrite=force)
-    except (checkpoints.CheckpointError, store.StoreError) as exc:
+        target = install_bundle(bundle, name or default, overwrite=force)
+    except (CheckpointError, store.StoreError) as exc:
         raise fail(str(exc)) from None
     kept = "whole tower" if bundle.base is None else f"LayerNorms + head over {bundle.base.id}"
     console.print(f"[green]bundle[/green] {target.stem}: {bundle.arch}, {kept}, "

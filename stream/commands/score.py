@@ -32,7 +32,7 @@ def score_command(
     from rich.progress import Progress
 
     from engines.backends import BackendUnavailable
-    from engines.detector import DetectorUnavailable
+    from engines.deepfake_detector import DetectorUnavailable
     from engines.store import StoreError
     from stream.analysis import EVERY_FACE, Analyser
     from stream.sources.reader import VideoError

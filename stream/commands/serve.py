@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
-from stream.config import Settings, apply_store_locations
+from stream.config import Settings
 
 streams_app = typer.Typer(help="Manage the streams of a running service (over its HTTP API).")
 app.add_typer(streams_app, name="streams")
@@ -106,7 +106,6 @@ def serve(
         overrides["api"] = api
         settings = settings_or_exit(config, **overrides)
     configure_logging(log_level.upper())
-    apply_store_locations(settings)
     run_service(settings)
 
 

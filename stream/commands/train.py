@@ -13,7 +13,7 @@ import typer
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
 
 if TYPE_CHECKING:
-    from engines.checkpoints import BaseTower
+    from engines.checkpoints.base import BaseTower
 
 RANDOM_BASE = "random"
 
@@ -21,13 +21,8 @@ RANDOM_BASE = "random"
 def resolve_base(reference: str | None, arch: str, seed: int) -> BaseTower:
     """The base tower to tune: a file, an installed base, or a random-init tower (``random``,
     the default for ``tiny``, which has no published weights), kept in the store by seed."""
-    from engines.checkpoints import (
-        DEFAULT_BASES,
-        CheckpointError,
-        load_base,
-        read_base,
-        save_base,
-    )
+    from engines.checkpoints.base import DEFAULT_BASES, load_base, read_base, save_base
+    from engines.checkpoints.errors import CheckpointError
     from engines.clip_detector import random_detector
     from engines.store import BASES_SUBDIR, find_in_store
 
@@ -91,17 +86,17 @@ def train_command(
     the epoch with the best validation video AP; write a bundle that `serve` can load."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from engines.checkpoints import CheckpointError, save_bundle
+    from engines.checkpoints.bundle import save_bundle
+    from engines.checkpoints.errors import CheckpointError
     from engines.clip_detector import ARCHS
     from engines.evaluation import MetricsError
     from engines.training.crops import PreparedSet, PreparedSetError
     from engines.training.trainer import TrainConfig, TrainingError, train
     from engines.training.tuning import TuningError
-    from stream.config import apply_store_locations
 
     if arch not in ARCHS:
         raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
-    apply_store_locations(settings_or_exit(config))
+    settings_or_exit(config)  # applies the config's store locations
     try:
         prepared_set = PreparedSet.open(prepared)
         tower = resolve_base(base, arch, seed)

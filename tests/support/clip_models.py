@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from engines.checkpoints import BaseTower, hf_tower_to_open_clip, load_base, save_base
+from engines.checkpoints.base import BaseTower, load_base, save_base
+from engines.checkpoints.keymap import hf_tower_to_open_clip
 from engines.clip_detector import CLIP_MEAN, CLIP_STD
 
 HF_CONFIGS: dict[str, dict[str, Any]] = {

@@ -1,4 +1,4 @@
-"""The detector a service runs: which bundle, whether it is trained at all, which backend.
+"""The deepfake detector a service runs: which bundle, whether it is trained at all, which backend.
 
 ``load_detector`` is the one entry point for everything that scores. It takes the configured
 bundle, or the best installed one, and refuses to run without a trained detector unless random
@@ -15,16 +15,10 @@ from typing import Any, Protocol
 
 from engines import store
 from engines.backends import create_scorer
-from engines.checkpoints import (
-    NO_CALIBRATION,
-    BundleSummary,
-    CheckpointError,
-    build_detector,
-    bundle_summary,
-    installed_bundles,
-    read_bundle,
-    tensors_sha256,
-)
+from engines.checkpoints.bundle import NO_CALIBRATION, model_from_bundle, read_bundle
+from engines.checkpoints.catalog import BundleSummary, bundle_summary, installed_bundles
+from engines.checkpoints.errors import CheckpointError
+from engines.checkpoints.files import tensors_sha256
 from engines.clip_detector import LNCLIPDetector, random_detector
 from engines.interfaces import CropScorer
 
@@ -146,7 +140,7 @@ def load_model(config: DetectorConfig) -> tuple[LNCLIPDetector, DetectorInfo]:
                 f"{config.arch}; set detector.arch: {summary.arch}"
             )
         bundle = read_bundle(path)
-        model = build_detector(bundle)
+        model = model_from_bundle(bundle)
     except CheckpointError as exc:
         raise DetectorUnavailable(f"cannot load detector bundle {path}: {exc}") from None
     info = DetectorInfo(
