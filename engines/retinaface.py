@@ -38,6 +38,7 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from engines import store
+from engines.devices import resolve_device
 from engines.interfaces import FaceDetection
 
 log = logging.getLogger(__name__)
@@ -649,26 +650,6 @@ class BatchedDetector:
                 for i, faces in zip(chunk, postprocess(*raw, sizes, self.options), strict=True):
                     results[i] = faces
         return results
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA when present; an unavailable device is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}: {exc}") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested, but CUDA is not available here")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {device!r} requested, but only {torch.cuda.device_count()} GPU(s) exist"
-            )
-    elif resolved.type != "cpu":
-        raise ValueError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
-    return resolved
 
 
 class RetinaFaceDetector(BatchedDetector):

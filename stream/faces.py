@@ -73,7 +73,8 @@ def build_detector(settings: FaceSettings) -> FaceDetector:
     Raises engines.store.StoreError when the weights are missing or fail their checksum, and
     ValueError when the device or backend cannot be used here.
     """
-    from engines.retinaface import DetectionOptions, RetinaFaceDetector, resolve_device
+    from engines.devices import resolve_device
+    from engines.retinaface import DetectionOptions, RetinaFaceDetector
 
     arch = settings.detector.removeprefix("retinaface-")
     options = DetectionOptions(confidence=settings.confidence, nms_iou=settings.nms_iou)

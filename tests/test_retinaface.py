@@ -15,6 +15,7 @@ import torch
 from skimage import data
 
 from engines import store
+from engines.devices import resolve_device
 from engines.interfaces import FaceDetection
 from engines.retinaface import (
     MEAN_BGR,
@@ -25,7 +26,6 @@ from engines.retinaface import (
     decode,
     load_network,
     prior_boxes,
-    resolve_device,
     state_dict_from_folded_onnx,
 )
 from engines.retinaface_onnx import OnnxRetinaFaceDetector, export_onnx

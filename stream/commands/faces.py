@@ -430,15 +430,14 @@ def bench_faces(
 ) -> None:
     """Face detector frames/s: sizes x batch sizes x backends (torch, ONNX Runtime; fp32/fp16
     on a GPU), with ratios against torch batch 1 measured in the same run."""
-    import torch
-
-    from engines.retinaface import ARCHS, resolve_device
+    from engines.devices import resolve_device
+    from engines.retinaface import ARCHS
     from engines.store import StoreError
 
     if arch not in ARCHS:
         raise fail(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
     if device == "all":
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        devices = ["cpu"] + (["cuda"] if resolve_device("auto").type == "cuda" else [])
     else:
         try:
             devices = [str(resolve_device(device))]
