@@ -74,7 +74,8 @@ def build_detector(settings: FaceSettings) -> FaceDetector:
     ValueError when the device or backend cannot be used here.
     """
     from engines.devices import resolve_device
-    from engines.retinaface import DetectionOptions, RetinaFaceDetector
+    from engines.retinaface.decode import DetectionOptions
+    from engines.retinaface.torch_detector import RetinaFaceDetector
 
     arch = settings.detector.removeprefix("retinaface-")
     options = DetectionOptions(confidence=settings.confidence, nms_iou=settings.nms_iou)
@@ -88,7 +89,7 @@ def build_detector(settings: FaceSettings) -> FaceDetector:
                 f"faces.backend 'onnxruntime' runs on the CPU, but faces.device is "
                 f"{settings.device!r}; use backend 'torch' for CUDA"
             )
-        from engines.retinaface_onnx import OnnxRetinaFaceDetector
+        from engines.retinaface.onnx_detector import OnnxRetinaFaceDetector
 
         return OnnxRetinaFaceDetector.load(
             arch, weights=settings.weights, sha256=settings.weights_sha256, options=options,

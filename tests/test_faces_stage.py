@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engines.align import plan_crop, template_points
-from engines.retinaface import RetinaFaceDetector
+from engines.retinaface.torch_detector import RetinaFaceDetector
 from stream.cli import app
 from stream.commands.faces import video_frames
 from stream.config import FaceSettings, load_settings

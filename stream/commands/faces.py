@@ -302,13 +302,11 @@ def run_bench(
     import onnxruntime
     import torch
 
-    from engines.retinaface import (
-        BatchedDetector,
-        DetectionOptions,
-        RetinaFaceDetector,
-        load_network,
-    )
-    from engines.retinaface_onnx import OnnxRetinaFaceDetector, export_onnx
+    from engines.retinaface.batching import BatchedDetector
+    from engines.retinaface.decode import DetectionOptions
+    from engines.retinaface.onnx_detector import OnnxRetinaFaceDetector, export_onnx
+    from engines.retinaface.torch_detector import RetinaFaceDetector
+    from engines.retinaface.weights import load_network
     from stream.samples import compose_frame, face_placement
 
     if threads is not None:
@@ -431,7 +429,7 @@ def bench_faces(
     """Face detector frames/s: sizes x batch sizes x backends (torch, ONNX Runtime; fp32/fp16
     on a GPU), with ratios against torch batch 1 measured in the same run."""
     from engines.devices import resolve_device
-    from engines.retinaface import ARCHS
+    from engines.retinaface.network import ARCHS
     from engines.store import StoreError
 
     if arch not in ARCHS:
