@@ -67,7 +67,7 @@ class FrameFaces:
     error: str | None = None
 
 
-def build_detector(settings: FaceSettings) -> FaceDetector:
+def build_face_detector(settings: FaceSettings) -> FaceDetector:
     """The RetinaFace detector the settings ask for, on the configured backend and device.
 
     Raises engines.store.StoreError when the weights are missing or fail their checksum, and
@@ -129,7 +129,7 @@ class FaceStage:
     def from_settings(cls, settings: Settings, *, with_crops: bool = True) -> FaceStage:
         """The stage with the configured detector (loaded now, so errors surface at start-up)."""
         return cls(
-            build_detector(settings.faces),
+            build_face_detector(settings.faces),
             settings.faces,
             detect_max_side=settings.ingest.detect_max_side,
             with_crops=with_crops,

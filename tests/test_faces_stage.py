@@ -284,9 +284,9 @@ def test_cli_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 def test_settings_choose_the_backend(retinaface_weights: Path) -> None:
-    from stream.faces import build_detector
+    from stream.faces import build_face_detector
 
     settings = load_settings(faces={"device": "cpu"})
-    assert build_detector(settings.faces).name == "retinaface-mobilenet0.25-onnx"
+    assert build_face_detector(settings.faces).name == "retinaface-mobilenet0.25-onnx"
     settings.faces.backend = "torch"
-    assert build_detector(settings.faces).name == "retinaface-mobilenet0.25"
+    assert build_face_detector(settings.faces).name == "retinaface-mobilenet0.25"
