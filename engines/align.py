@@ -27,10 +27,6 @@ TEMPLATE = np.array(
 """Left eye, right eye, nose, left and right mouth corners, as fractions of the crop side."""
 DEFAULT_MARGIN = 1.3
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-"""CLIP's input normalisation, applied to [0, 1] RGB inside the scorer engines."""
-
 _READ_PAD = 3
 """Extra source pixels read around the crop's footprint, for the interpolation kernel."""
 

@@ -25,6 +25,7 @@ from torch import nn
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+"""CLIP's input normalisation of [0, 1] RGB; the one definition (bundles record it too)."""
 NUM_CLASSES = 2
 FAKE_CLASS = 1
 DEFAULT_ARCH = "ViT-L-14"

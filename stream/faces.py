@@ -67,13 +67,15 @@ class FrameFaces:
     error: str | None = None
 
 
-def build_detector(settings: FaceSettings) -> FaceDetector:
+def build_face_detector(settings: FaceSettings) -> FaceDetector:
     """The RetinaFace detector the settings ask for, on the configured backend and device.
 
     Raises engines.store.StoreError when the weights are missing or fail their checksum, and
     ValueError when the device or backend cannot be used here.
     """
-    from engines.retinaface import DetectionOptions, RetinaFaceDetector, resolve_device
+    from engines.devices import resolve_device
+    from engines.retinaface.decode import DetectionOptions
+    from engines.retinaface.torch_detector import RetinaFaceDetector
 
     arch = settings.detector.removeprefix("retinaface-")
     options = DetectionOptions(confidence=settings.confidence, nms_iou=settings.nms_iou)
@@ -87,7 +89,7 @@ def build_detector(settings: FaceSettings) -> FaceDetector:
                 f"faces.backend 'onnxruntime' runs on the CPU, but faces.device is "
                 f"{settings.device!r}; use backend 'torch' for CUDA"
             )
-        from engines.retinaface_onnx import OnnxRetinaFaceDetector
+        from engines.retinaface.onnx_detector import OnnxRetinaFaceDetector
 
         return OnnxRetinaFaceDetector.load(
             arch, weights=settings.weights, sha256=settings.weights_sha256, options=options,
@@ -127,7 +129,7 @@ class FaceStage:
     def from_settings(cls, settings: Settings, *, with_crops: bool = True) -> FaceStage:
         """The stage with the configured detector (loaded now, so errors surface at start-up)."""
         return cls(
-            build_detector(settings.faces),
+            build_face_detector(settings.faces),
             settings.faces,
             detect_max_side=settings.ingest.detect_max_side,
             with_crops=with_crops,

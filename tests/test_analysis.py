@@ -13,7 +13,7 @@ from engines.backends import create_scorer
 from engines.calibrated import CalibratedScorer
 from engines.calibration import Calibrator
 from engines.clip_detector import random_detector
-from engines.retinaface import RetinaFaceDetector
+from engines.retinaface.torch_detector import RetinaFaceDetector
 from stream.analysis import EVERY_FACE, Analyser, CropPolicy
 from stream.config import FaceSettings, PipelineSettings
 from stream.faces import FaceStage

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engines.align import plan_crop, template_points
-from engines.retinaface import RetinaFaceDetector
+from engines.retinaface.torch_detector import RetinaFaceDetector
 from stream.cli import app
 from stream.config import FaceSettings, load_settings
 from stream.faces import FaceStage, FrameFaces
@@ -269,9 +269,9 @@ def test_cli_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 def test_settings_choose_the_backend(retinaface_weights: Path) -> None:
-    from stream.faces import build_detector
+    from stream.faces import build_face_detector
 
     settings = load_settings(faces={"device": "cpu"})
-    assert build_detector(settings.faces).name == "retinaface-mobilenet0.25-onnx"
+    assert build_face_detector(settings.faces).name == "retinaface-mobilenet0.25-onnx"
     settings.faces.backend = "torch"
-    assert build_detector(settings.faces).name == "retinaface-mobilenet0.25"
+    assert build_face_detector(settings.faces).name == "retinaface-mobilenet0.25"

@@ -15,20 +15,13 @@ import torch
 from skimage import data
 
 from engines import artifacts, store
+from engines.devices import resolve_device
 from engines.interfaces import FaceDetection
-from engines.retinaface import (
-    MEAN_BGR,
-    DetectionOptions,
-    RetinaFace,
-    RetinaFaceDetector,
-    build_network,
-    decode,
-    load_network,
-    prior_boxes,
-    resolve_device,
-    state_dict_from_folded_onnx,
-)
-from engines.retinaface_onnx import OnnxRetinaFaceDetector, export_onnx
+from engines.retinaface.decode import DetectionOptions, decode, prior_boxes
+from engines.retinaface.network import MEAN_BGR, RetinaFace
+from engines.retinaface.onnx_detector import OnnxRetinaFaceDetector, export_onnx
+from engines.retinaface.torch_detector import RetinaFaceDetector
+from engines.retinaface.weights import build_network, load_network, state_dict_from_folded_onnx
 from stream.samples import ASTRONAUT_FACE_BOX, FacePlacement, astronaut, compose_frame, face_frames
 from stream.tracker import box_iou
 from tests.support.model_store import use_store
@@ -225,7 +218,7 @@ def test_converted_weights_match_the_published_onnx(retinaface_weights: Path) ->
 
 
 def test_an_onnx_export_of_another_layout_is_refused_by_node_name() -> None:
-    from engines.retinaface_onnx import export_onnx as export
+    from engines.retinaface.onnx_detector import export_onnx as export
 
     torch.manual_seed(0)
     ours = export(build_network("mobilenet0.25", None))  # node names under /net/..., fused

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.backends.base import PRECISIONS, BackendUnavailable, check_precision
+from engines.backends.base import PRECISIONS, BackendUnavailable, check_precision, scorer_device
 from engines.clip_detector import LNCLIPDetector
 from engines.interfaces import CropScorer
 
@@ -25,19 +25,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
 
-__all__ = ["BACKENDS", "PRECISIONS", "BackendUnavailable", "create_scorer", "resolve_device"]
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values are checked."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    kind = torch.device(device).type
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable(f"device {device!r} asked for, but torch sees no CUDA GPU")
-    if kind not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    return device
+__all__ = ["BACKENDS", "PRECISIONS", "BackendUnavailable", "create_scorer"]
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -74,7 +62,7 @@ def create_scorer(
     """
     if backend not in (*BACKENDS, "auto"):
         raise ValueError(f"backend {backend!r} is not one of auto, {', '.join(BACKENDS)}")
-    device = resolve_device(device)
+    device = str(scorer_device(device))
     on_gpu = torch.device(device).type == "cuda"
     precision = resolve_precision(precision, device)
     if backend == "auto":

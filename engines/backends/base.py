@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from engines.devices import DeviceUnavailable, resolve_device
 from engines.interfaces import CROP_SIZE
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -15,6 +16,15 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot run here (library missing, no GPU); the message says what is missing."""
+
+
+def scorer_device(device: str) -> torch.device:
+    """``resolve_device`` for the scorers, whose contract reports a missing GPU as
+    BackendUnavailable (like a missing library) rather than as a bad setting."""
+    try:
+        return resolve_device(device)
+    except DeviceUnavailable as exc:
+        raise BackendUnavailable(str(exc)) from None
 
 
 def check_crops(crops: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:

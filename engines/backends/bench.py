@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.backends.base import BackendUnavailable
+from engines.backends.base import BackendUnavailable, scorer_device
 from engines.clip_detector import ArchSpec, LNCLIPDetector, arch_spec, random_detector
+from engines.devices import resolve_device
 from engines.interfaces import CropScorer
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def _machine() -> dict[str, Any]:
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
-    if torch.cuda.is_available():
+    if resolve_device("auto").type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     if hasattr(os, "getloadavg"):
         info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
@@ -166,9 +167,7 @@ def run_scorer_benchmark(
     rounds: int = 3,
 ) -> dict[str, Any]:
     """Measure the scorer backends; returns the JSON-able report."""
-    from engines.backends import resolve_device
-
-    device = resolve_device(device)
+    device = str(scorer_device(device))
     on_gpu = torch.device(device).type == "cuda"
     say = progress or (lambda message: log.info(message))
     cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="bench-scorer-"))

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.backends.base import BackendUnavailable, batches, check_crops
+from engines.backends.base import BackendUnavailable, batches, check_crops, scorer_device
 from engines.backends.onnx_backend import INPUT_NAME, OUTPUT_NAME
 from engines.clip_detector import NUM_CLASSES
+from engines.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def import_tensorrt() -> Any:
 
 def tensorrt_available() -> bool:
     """Whether the TensorRT backend can run here (module importable and a CUDA GPU present)."""
-    if not torch.cuda.is_available():
+    if resolve_device("auto").type != "cuda":
         return False
     try:
         import_tensorrt()
@@ -149,11 +150,9 @@ class TensorRTScorer:
         fp16: bool = True,
     ) -> None:
         trt = import_tensorrt()
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("TensorRT needs a CUDA GPU; torch sees none")
+        self._device = scorer_device(device)
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        self._device = torch.device(device)
         if self._device.type != "cuda":
             raise BackendUnavailable(f"TensorRT runs on CUDA devices, not {device!r}")
         if self._device.index is None:

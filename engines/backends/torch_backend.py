@@ -17,6 +17,7 @@ from engines.backends.base import (
     batches,
     check_crops,
     check_precision,
+    scorer_device,
 )
 from engines.clip_detector import NUM_CLASSES, LNCLIPDetector
 from engines.interfaces import CROP_SIZE
@@ -49,9 +50,7 @@ class TorchScorer:
         compile_mode: str = "reduce-overhead",
     ) -> None:
         check_precision(precision)
-        target = torch.device(device)
-        if target.type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable(f"device {device!r} asked for, but torch sees no CUDA GPU")
+        target = scorer_device(device)
         if compile and target.type != "cuda":
             raise BackendUnavailable("torch.compile is used for the GPU only; on CPU use 'torch'")
         if compile_mode not in COMPILE_MODES:

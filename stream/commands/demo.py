@@ -176,9 +176,9 @@ def choose_detector(configured: DetectorSettings) -> DetectorChoice:
 def _on_cuda(device: str) -> bool:
     if device == "cpu":
         return False
-    import torch
+    from engines.devices import resolve_device
 
-    return device.startswith("cuda") or torch.cuda.is_available()
+    return device.startswith("cuda") or resolve_device("auto").type == "cuda"
 
 
 class ScoreProbe(threading.Thread):

@@ -273,13 +273,11 @@ def run_bench(
     import onnxruntime
     import torch
 
-    from engines.retinaface import (
-        BatchedDetector,
-        DetectionOptions,
-        RetinaFaceDetector,
-        load_network,
-    )
-    from engines.retinaface_onnx import OnnxRetinaFaceDetector, export_onnx
+    from engines.retinaface.batching import BatchedDetector
+    from engines.retinaface.decode import DetectionOptions
+    from engines.retinaface.onnx_detector import OnnxRetinaFaceDetector, export_onnx
+    from engines.retinaface.torch_detector import RetinaFaceDetector
+    from engines.retinaface.weights import load_network
     from stream.samples import compose_frame, face_placement
 
     if threads is not None:
@@ -402,15 +400,14 @@ def bench_faces(
     """Face detector frames/s: sizes x batch sizes x backends (torch, ONNX Runtime; fp32/fp16
     on a GPU), with ratios against torch batch 1 measured in the same run."""
     settings_or_exit(None)  # the model store's locations, as every command honours them
-    import torch
-
-    from engines.retinaface import ARCHS, resolve_device
+    from engines.devices import resolve_device
+    from engines.retinaface.network import ARCHS
     from engines.store import StoreError
 
     if arch not in ARCHS:
         raise fail(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
     if device == "all":
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        devices = ["cpu"] + (["cuda"] if resolve_device("auto").type == "cuda" else [])
     else:
         try:
             devices = [str(resolve_device(device))]

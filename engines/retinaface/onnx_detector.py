@@ -1,8 +1,8 @@
 """RetinaFace on ONNX Runtime (CPU): the torch network exported with dynamic batch and size.
 
 The exported graph takes the same uint8 RGB NHWC canvas as the torch path and returns the same
-raw outputs, so batching, decoding and NMS are shared (engines.retinaface). The export goes
-through torch's TorchScript-based ONNX exporter, which needs no extra package.
+raw outputs, so batching, decoding and NMS are shared (engines.retinaface.batching). The export
+goes through torch's TorchScript-based ONNX exporter, which needs no extra package.
 """
 
 from __future__ import annotations
@@ -11,19 +11,15 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
 
-from engines.retinaface import (
-    BatchedDetector,
-    DetectionOptions,
-    RawOutputs,
-    RetinaFace,
-    Uint8RetinaFace,
-    WeightsInfo,
-    load_network,
-)
+from engines.retinaface.batching import BatchedDetector, RawOutputs
+from engines.retinaface.decode import DetectionOptions
+from engines.retinaface.network import RetinaFace, Uint8RetinaFace
+from engines.retinaface.weights import WeightsInfo
 
 OPSET = 17
 INPUT = "images"
@@ -74,7 +70,7 @@ class OnnxRetinaFaceDetector(BatchedDetector):
     ) -> None:
         import onnxruntime as ort
 
-        super().__init__(options or DetectionOptions(), max_batch)
+        super().__init__(options, max_batch, weights)
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle worker threads would otherwise spin and starve the decode threads beside them
@@ -88,20 +84,12 @@ class OnnxRetinaFaceDetector(BatchedDetector):
         )
         self.name = f"retinaface-{arch}-onnx"
         self.device = "cpu"
-        self.weights = weights
 
     @classmethod
-    def load(
-        cls,
-        arch: str = "mobilenet0.25",
-        *,
-        weights: Path | None = None,
-        sha256: str | None = None,
-        **kwargs: object,
-    ) -> OnnxRetinaFaceDetector:
-        """Load published weights (model store, or an explicit verified file) and export them."""
-        net, info = load_network(arch, weights, sha256)
-        return cls(export_onnx(net), arch=arch, weights=info, **kwargs)  # type: ignore[arg-type]
+    def from_network(cls, net: RetinaFace, weights: WeightsInfo, **kwargs: object) -> Self:
+        """The network exported to ONNX and run by ONNX Runtime."""
+        model = export_onnx(net)
+        return cls(model, arch=net.arch, weights=weights, **kwargs)  # type: ignore[arg-type]
 
     def _infer(self, canvas: np.ndarray) -> RawOutputs:
         loc, scores, landmarks = self._session.run(list(OUTPUTS), {INPUT: canvas})
