@@ -74,12 +74,10 @@ def main() -> None:
 
 # Commands of each concern register themselves on the apps above.
 from stream.commands import (  # noqa: E402,F401
-    bench_pipeline,
+    bench,
     demo,
     faces,
-    ingest,
     models,
-    publish,
     score,
     serve,
     thresholds,

@@ -110,6 +110,9 @@ class Pipeline:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.batches = 0
+        self.batch_totals = (0, 0)
+        """(batches, frames in them), replaced as one value so that a reader on another thread
+        never sees one counted without the other."""
         self.engine_errors = 0
 
     # -- streams ------------------------------------------------------------------------------
@@ -304,6 +307,7 @@ class Pipeline:
                 )
         metrics.stage_seconds.labels("publish").observe(time.perf_counter() - started)
         self.batches += 1
+        self.batch_totals = (self.batch_totals[0] + 1, self.batch_totals[1] + len(analysed))
 
     def _finish_frame(self, result: FrameAnalysis) -> None:
         frame = result.frame

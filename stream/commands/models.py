@@ -1,4 +1,4 @@
-"""``dfstream models pull|import|list|verify|info`` and ``dfstream bench scorer``.
+"""``dfstream models pull|import|list|verify|info``.
 
 The store holds three kinds of things: plain artifacts with a published sha256 (e.g. the face
 detector weights, engines.artifacts.ARTIFACTS), CLIP base towers, and detector bundles. These
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from stream.cli import ConfigOption, bench_app, console, fail, models_app, settings_or_exit
+from stream.cli import ConfigOption, console, fail, models_app, settings_or_exit
 
 DEFAULT_DETECTORS = {"ViT-L-14": "gend-clip-l-14"}
 """The published detector ``pull`` fetches by default, per architecture."""
@@ -300,67 +300,3 @@ def models_import(
     kept = "whole tower" if bundle.base is None else f"LayerNorms + head over {bundle.base.id}"
     console.print(f"[green]bundle[/green] {target.stem}: {bundle.arch}, {kept}, "
                   f"{target.stat().st_size:,} bytes at {target}")
-
-
-@bench_app.command("scorer")
-def bench_scorer(
-    archs: Annotated[str, typer.Option(help="Comma-separated architectures.")] = (
-        "tiny,ViT-B-16,ViT-L-14"
-    ),
-    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
-    backends: Annotated[str | None, typer.Option(help=(
-        "Comma-separated backends; default: torch,onnxruntime on CPU, "
-        "torch,torch-compile,tensorrt on GPU."
-    ))] = None,
-    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
-    seconds: Annotated[float, typer.Option(min=0.0, help="Measuring time per point.")] = 2.0,
-    rounds: Annotated[int, typer.Option(
-        min=1, help="Interleaved rounds per point; the median is reported."
-    )] = 3,
-    compile_mode: Annotated[str, typer.Option(help="torch.compile mode.")] = "reduce-overhead",
-    cache_dir: Annotated[Path | None, typer.Option(
-        help="Where ONNX exports and TensorRT engines are kept between runs (default: temp)."
-    )] = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Crops/s of the crop scorer per backend and batch size, with same-run ratios."""
-    from engines.backends.bench import run_scorer_benchmark
-    from engines.clip_detector import ARCHS
-
-    arch_list = [a.strip() for a in archs.split(",") if a.strip()]
-    bad = [a for a in arch_list if a not in ARCHS]
-    if bad:
-        raise fail(f"unknown architecture(s) {bad}; known: {', '.join(ARCHS)}", 2)
-    try:
-        batch_list = [int(b) for b in batches.split(",") if b.strip()]
-    except ValueError:
-        raise fail(f"batches must be integers, got {batches!r}", 2) from None
-    if not batch_list or min(batch_list) < 1:
-        raise fail("batch sizes must be at least 1", 2)
-    report = run_scorer_benchmark(
-        archs=arch_list,
-        batches=batch_list,
-        device=device,
-        backends=[b.strip() for b in backends.split(",")] if backends else None,
-        seconds=seconds,
-        rounds=rounds,
-        compile_mode=compile_mode,
-        cache_dir=cache_dir,
-        progress=lambda message: console.print(f"[dim]{message}[/dim]"),
-    )
-    if as_json:
-        _echo_json(report)
-        return
-    from rich.table import Table
-
-    table = Table(title=f"crop scorer on {report['device']}")
-    for column in ("arch", "backend", "batch", "crops/s", "vs batch 1", "vs torch", "TFLOP/s"):
-        table.add_column(column)
-    for row in report["results"]:
-        if "skipped" in row:
-            table.add_row(row["arch"], row["backend"], "-", "skipped", "", "", "")
-            continue
-        table.add_row(row["arch"], row["backend"], str(row["batch"]), f"{row['crops_per_s']:.2f}",
-                      str(row.get("vs_batch_1", "")), str(row.get("vs_torch", "")),
-                      str(row["achieved_tflops"]))
-    console.print(table)

@@ -1,0 +1,381 @@
+"""``dfstream bench ...``: every benchmark's command. Each prints JSON (``--json``) with ratios
+against a baseline measured in the same run; the measuring code lives in stream/bench/ and
+engines/bench.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stream.cli import ConfigOption, bench_app, console, fail, settings_or_exit
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+# --- ingest ---------------------------------------------------------------------------------------
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    json_out: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
+    runs: Annotated[int, typer.Option(min=1, max=50, help="Runs per measurement (median).")] = 5,
+    seconds: Annotated[float, typer.Option(min=2, max=120, help="Length of each file.")] = 10.0,
+    content: Annotated[str, typer.Option(
+        help="'testsrc2' (FFmpeg's test pattern) or 'face' (the moving face sample).")]
+    = "testsrc2",
+    analysis_fps: Annotated[float, typer.Option(min=0.1, max=30, help="Frames/s delivered.")]
+    = 5.0,
+    workdir: Annotated[Path | None, typer.Option(
+        help="Keep the encoded files here (reused by later runs).", show_default=False)]
+    = None,
+) -> None:
+    """CPU seconds (user+sys) of the ingest delivering 5 fps from 1080p30 H.264 with the
+    pipeline's conversions, divided by those of `ffmpeg -threads 1 -i FILE -f null -` on the same
+    file in the same run: a broadcast encode (B-frames) and a video-call encode (none)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from stream.bench.ingest import TARGETS, BenchConfig, run
+
+    if content not in ("testsrc2", "face"):
+        raise fail(f"unknown content {content!r}; choose testsrc2 or face")
+    cfg = BenchConfig(seconds=seconds, runs=runs, analysis_fps=analysis_fps, content=content,
+                      workdir=workdir)
+    steps = 2 + runs * 9  # two encodes, then 5 + 4 measurements per run
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("bench ingest", total=steps)
+
+        def step(message: str) -> None:
+            progress.update(task, advance=1, description=f"bench ingest: {message}")
+
+        try:
+            result = run(cfg, progress=step)
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            raise fail(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console.print_json(data=result)
+    verdict = "[green]meets[/green]" if result["meets_targets"] else "[red]misses[/red]"
+    console.print(
+        f"ingest/ffmpeg CPU: {result['ratio_vs_ffmpeg']} with B-frames (target <= "
+        f"{TARGETS['ratio_vs_ffmpeg']}), {result['ratio_vs_ffmpeg_no_bframes']} without "
+        f"(target <= {TARGETS['ratio_vs_ffmpeg_no_bframes']}): {verdict} the targets; plain "
+        f"PyAV {result['plain_pyav_ratio_vs_ffmpeg']} and "
+        f"{result['plain_pyav_ratio_vs_ffmpeg_no_bframes']}"
+    )
+
+
+# --- publish --------------------------------------------------------------------------------------
+
+
+@bench_app.command("publish")
+def bench_publish(
+    messages: Annotated[int, typer.Option(min=1000, help="Messages in the throughput run.")] = (
+        200_000
+    ),
+    streams: Annotated[int, typer.Option(min=1, max=10_000, help="Streams the messages come "
+                                         "from.")] = 100,
+    latency_rate: Annotated[float, typer.Option(min=1, help="Offered msg/s for the latency "
+                                                "run.")] = 50_000,
+    latency_seconds: Annotated[float, typer.Option(min=0.2, max=60, help="Length of each "
+                                                   "latency run.")] = 2.0,
+    reference_requests: Annotated[int, typer.Option(min=1000, help="PUBLISH requests per "
+                                                    "redis-benchmark run.")] = 200_000,
+    json_out: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
+) -> None:
+    """Score messages/s and p99 publish latency to a local redis-server, JSON encoding
+    included, against redis-benchmark PUBLISH on the same server in the same run."""
+    from stream.bench.publish import BenchConfig, run
+    from stream.redis_server import RedisServerError
+
+    cfg = BenchConfig(messages=messages, streams=streams, latency_rate=latency_rate,
+                      latency_seconds=latency_seconds,
+                      redis_benchmark_requests=reference_requests)
+    try:
+        result = run(cfg, progress=lambda step: console.print(f"[dim]bench publish:[/dim] {step}"))
+    except (RedisServerError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console.print_json(data=result)
+    verdict = "[green]meets[/green]" if result["meets_targets"] else "[red]misses[/red]"
+    console.print(
+        f"{result['messages_per_s']:,} msg/s, p99 {result['p99_ms']} ms at "
+        f"{latency_rate:,.0f} msg/s: {verdict} the targets (>= 50,000 msg/s, p99 <= 2 ms); "
+        f"{result['ratio_vs_redis_benchmark']}x redis-benchmark unpipelined"
+    )
+
+
+# --- faces ----------------------------------------------------------------------------------------
+
+
+def _parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in text.split(","):
+        try:
+            width, height = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise typer.BadParameter(f"{item!r} is not WIDTHxHEIGHT") from None
+        if not (32 <= width <= 8192 and 32 <= height <= 8192):
+            raise typer.BadParameter(f"{item!r} is outside 32..8192 pixels")
+        sizes.append((width, height))
+    return sizes
+
+
+def _parse_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a list of integers") from None
+    if any(v < 1 or v > 1024 for v in values):
+        raise typer.BadParameter("batch sizes must lie in 1..1024")
+    return values
+
+
+@bench_app.command("faces")
+def bench_faces(
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    arch: Annotated[str, typer.Option(help="mobilenet0.25 or resnet50.")] = "mobilenet0.25",
+    sizes: Annotated[str, typer.Option(help="Frame sizes, WIDTHxHEIGHT, comma-separated.")]
+    = "640x360,1280x720",
+    batches: Annotated[str, typer.Option(help="Batch sizes on the CPU.")] = "1,8",
+    gpu_batches: Annotated[str, typer.Option(help="Batch sizes on a GPU.")] = "1,8,32",
+    device: Annotated[str, typer.Option(
+        help="'cpu', 'cuda', 'cuda:N', or 'all' (the CPU and, when present, the first GPU).")]
+    = "all",
+    seconds: Annotated[float, typer.Option(min=0.2, help="Measured seconds per case.")] = 3.0,
+    rounds: Annotated[int, typer.Option(min=1, max=50, help="Interleaved rounds.")] = 3,
+    weights: Annotated[Path | None, typer.Option(
+        help="An explicit weights file instead of the model store's.", show_default=False)]
+    = None,
+    threads: Annotated[int | None, typer.Option(
+        min=1, max=256, help="CPU threads for torch and ONNX Runtime (default: theirs).",
+        show_default=False)] = None,
+) -> None:
+    """Face detector frames/s: sizes x batch sizes x backends (torch, ONNX Runtime; fp32/fp16
+    on a GPU), with ratios against torch batch 1 measured in the same run."""
+    settings_or_exit(None)  # the model store's locations, as every command honours them
+    from engines.devices import resolve_device
+    from engines.retinaface.network import ARCHS
+    from engines.store import StoreError
+
+    if arch not in ARCHS:
+        raise fail(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+    if device == "all":
+        devices = ["cpu"] + (["cuda"] if resolve_device("auto").type == "cuda" else [])
+    else:
+        try:
+            devices = [str(resolve_device(device))]
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    try:
+        from stream.bench.faces import run_bench
+
+        result = run_bench(
+            arch=arch, sizes=_parse_sizes(sizes), cpu_batches=_parse_ints(batches),
+            gpu_batches=_parse_ints(gpu_batches), devices=devices, seconds=seconds,
+            rounds=rounds, weights=weights, threads=threads,
+        )
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"RetinaFace {arch} detect()")
+    for column in ("device", "backend", "precision", "size", "batch", "frames/s", "ms/frame",
+                   "vs torch b1"):
+        table.add_column(column, justify="right")
+    for case in result["cases"]:
+        key = (f"{case['device']} {case['size']} {case['backend']} {case['precision']} "
+               f"batch {case['batch']} / torch fp32 batch 1")
+        ratio = result["ratios"].get(key)
+        table.add_row(case["device"], case["backend"], case["precision"], case["size"],
+                      str(case["batch"]), f"{case['frames_per_s']:.1f}",
+                      f"{1000 / case['frames_per_s']:.1f}",
+                      "1.00" if ratio is None else f"{ratio:.2f}")
+    Console().print(table)
+
+
+# --- scorer ---------------------------------------------------------------------------------------
+
+
+@bench_app.command("scorer")
+def bench_scorer(
+    archs: Annotated[str, typer.Option(help="Comma-separated architectures.")] = (
+        "tiny,ViT-B-16,ViT-L-14"
+    ),
+    batches: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    backends: Annotated[str | None, typer.Option(help=(
+        "Comma-separated backends; default: torch,onnxruntime on CPU, "
+        "torch,torch-compile,tensorrt on GPU."
+    ))] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
+    seconds: Annotated[float, typer.Option(min=0.0, help="Measuring time per point.")] = 2.0,
+    rounds: Annotated[int, typer.Option(
+        min=1, help="Interleaved rounds per point; the median is reported."
+    )] = 3,
+    compile_mode: Annotated[str, typer.Option(help="torch.compile mode.")] = "reduce-overhead",
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Where ONNX exports and TensorRT engines are kept between runs (default: temp)."
+    )] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Crops/s of the crop scorer per backend and batch size, with same-run ratios."""
+    from engines.bench import run_scorer_benchmark
+    from engines.clip_detector import ARCHS
+
+    arch_list = [a.strip() for a in archs.split(",") if a.strip()]
+    bad = [a for a in arch_list if a not in ARCHS]
+    if bad:
+        raise fail(f"unknown architecture(s) {bad}; known: {', '.join(ARCHS)}", 2)
+    try:
+        batch_list = [int(b) for b in batches.split(",") if b.strip()]
+    except ValueError:
+        raise fail(f"batches must be integers, got {batches!r}", 2) from None
+    if not batch_list or min(batch_list) < 1:
+        raise fail("batch sizes must be at least 1", 2)
+    report = run_scorer_benchmark(
+        archs=arch_list,
+        batches=batch_list,
+        device=device,
+        backends=[b.strip() for b in backends.split(",")] if backends else None,
+        seconds=seconds,
+        rounds=rounds,
+        compile_mode=compile_mode,
+        cache_dir=cache_dir,
+        progress=lambda message: console.print(f"[dim]{message}[/dim]"),
+    )
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"crop scorer on {report['device']}")
+    for column in ("arch", "backend", "batch", "crops/s", "vs batch 1", "vs torch", "TFLOP/s"):
+        table.add_column(column)
+    for row in report["results"]:
+        if "skipped" in row:
+            table.add_row(row["arch"], row["backend"], "-", "skipped", "", "", "")
+            continue
+        table.add_row(row["arch"], row["backend"], str(row["batch"]), f"{row['crops_per_s']:.2f}",
+                      str(row.get("vs_batch_1", "")), str(row.get("vs_torch", "")),
+                      str(row["achieved_tflops"]))
+    console.print(table)
+
+
+# --- pipeline -------------------------------------------------------------------------------------
+
+
+def _parse_ramp(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give stream counts like 1,2,4,8") from None
+    if not counts or min(counts) < 1 or list(counts) != sorted(set(counts)):
+        raise typer.BadParameter(f"{text!r}: stream counts must be increasing and at least 1")
+    return counts
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give a size like 640x360") from None
+    if not (64 <= width <= 3840 and 64 <= height <= 2160) or width % 2 or height % 2:
+        raise typer.BadParameter(f"{text!r}: even sides from 64x64 to 3840x2160")
+    return width, height
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    streams: Annotated[str | None, typer.Option(
+        help="Stream counts of the ramp, e.g. 1,2,4,8 (default 1,2,4,6,8,10,...,256; the ramp "
+        "stops after --failures-to-stop unsustained steps).", show_default=False)] = None,
+    fps: Annotated[float, typer.Option(min=0.5, max=60, help="Analysis fps per stream.")] = 5.0,
+    size: Annotated[str, typer.Option(help="Size of the generated face video.")] = "640x360",
+    video_seconds: Annotated[float, typer.Option(
+        min=1, max=600, help="Length of the generated video; streams loop it (a loop costs "
+        "one superseded frame, see docs/benchmarks.md).")] = 60.0,
+    warmup: Annotated[float, typer.Option(min=0.5, max=60, help="Seconds before each "
+                                          "window.")] = 3.0,
+    window: Annotated[float, typer.Option(min=1, max=600, help="Seconds measured per ramp "
+                                          "step.")] = 8.0,
+    failures_to_stop: Annotated[int, typer.Option(min=1, max=10, help="Unsustained steps in a "
+                                                  "row that end the ramp.")] = 2,
+    max_frames: Annotated[int, typer.Option(min=2, max=1024, help="pipeline.max_frames of the "
+                                            "batched mode.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(min=0, max=1000, help="pipeline.max_wait_ms of "
+                                               "the batched mode.")] = 20.0,
+    arch: Annotated[str, typer.Option(help="Crop scorer architecture: tiny, ViT-B-16, "
+                                      "ViT-L-14 (random weights unless a bundle is "
+                                      "installed).")] = "tiny",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (faces and "
+                                        "scorer).")] = "auto",
+    backend: Annotated[str, typer.Option(help="Crop scorer backend (auto, torch, onnxruntime, "
+                                         "tensorrt, torch-compile).")] = "auto",
+    gain_streams: Annotated[int | None, typer.Option(
+        min=1, max=1024, help="Streams read flat out in the batching comparison (default "
+        "--max-frames).", show_default=False)] = None,
+    gain_seconds: Annotated[float, typer.Option(min=1, max=600, help="Seconds measured per "
+                                                "batching round and mode.")] = 6.0,
+    gain_rounds: Annotated[int, typer.Option(min=1, max=20, help="Alternating rounds of the "
+                                             "batching comparison.")] = 3,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of fps per stream and latency "
+                                              "against streams.", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Streams analysed at --fps sustained by one process, p50/p99 latency decoded -> published
+    (measured by a Redis subscriber), and batching against batch-1 in the same run."""
+    from stream.bench.pipeline import DEFAULT_RAMP, BenchConfig, run
+    from stream.bench.pipeline_plot import plot as draw
+
+    if arch not in ("tiny", "ViT-B-16", "ViT-L-14"):
+        raise fail(f"--arch {arch!r}: use tiny, ViT-B-16 or ViT-L-14")
+    width, height = _parse_size(size)
+    settings = settings_or_exit(config)
+    cfg = BenchConfig(
+        ramp=_parse_ramp(streams) if streams else DEFAULT_RAMP,
+        fps=fps, width=width, height=height, video_seconds=video_seconds, warmup_s=warmup,
+        window_s=window, failures_to_stop=failures_to_stop, max_frames=max_frames,
+        max_wait_ms=max_wait_ms, arch=arch, device=device,
+        backend=backend, gain_streams=gain_streams, gain_seconds=gain_seconds,
+        gain_rounds=gain_rounds,
+    )
+    try:
+        result = run(cfg, settings,
+                     progress=lambda step: console.print(f"[dim]bench pipeline:[/dim] {step}",
+                                                         soft_wrap=True))
+    except Exception as exc:  # engines, weights, redis-server: say what failed, no traceback
+        from engines.backends import BackendUnavailable
+        from engines.deepfake_detector import DetectorUnavailable
+        from engines.store import StoreError
+        from stream.redis_server import RedisServerError
+
+        known = (BackendUnavailable, DetectorUnavailable, StoreError, RedisServerError,
+                 RuntimeError, ValueError)
+        if isinstance(exc, known):
+            raise fail(f"{type(exc).__name__}: {exc}") from None
+        raise
+    if plot is not None:
+        result["plot"] = str(draw(result, plot))
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console.print_json(data=result)
+    latency = result["latency_ms"]
+    console.print(
+        f"{result['max_streams_sustained']} streams sustained at {fps:g} fps; latency at "
+        f"{latency['streams']} streams p50 {latency['p50']} ms, p99 {latency['p99']} ms; "
+        f"batching {result['batching_gain']}x batch-1 (scorer alone "
+        f"{result['scorer_batching_gain']}x)"
+    )
