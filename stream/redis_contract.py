@@ -1,4 +1,4 @@
-"""The Redis contract's names (DESIGN §4, docs/redis.md) and how every component connects.
+"""The Redis contract's names (docs/redis.md) and how every component connects.
 
 One place spells each key and channel, so the publisher, the threshold store, ``dfstream
 watch`` and the API can never disagree about them. All names start with the configured prefix.

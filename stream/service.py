@@ -279,10 +279,10 @@ class Service:
         return [slot.source.stats() for slot in self.pipeline.slots()] if self.pipeline else []
 
     async def _next_epoch(self, stream_id: str) -> int:
-        """A fresh fencing epoch for this acquisition of the stream (DESIGN §6). Only Redis
-        can give one: a made-up epoch could fall below the stream's last one, and subscribers
-        would then ignore the stream's messages as a stale worker's. So without Redis this
-        raises (a RedisError; the API answers 503)."""
+        """A fresh fencing epoch for this acquisition of the stream (fencing: docs/redis.md).
+        Only Redis can give one: a made-up epoch could fall below the stream's last one, and
+        subscribers would then ignore the stream's messages as a stale worker's. So without
+        Redis this raises (a RedisError; the API answers 503)."""
         assert self._client is not None
         try:
             return int(await self._client.incr(self.keys.epoch(stream_id)))

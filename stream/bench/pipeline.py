@@ -51,7 +51,7 @@ Progress = Callable[[str], None]
 DEFAULT_RAMP = (1, 2, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112,
                 128, 160, 192, 224, 256)
 TARGET_P99_MS = 250.0
-"""DESIGN §7: decoded -> published p99 at 80% of capacity."""
+"""The target (docs/architecture.md, targets): decoded -> published p99 at 80% of capacity."""
 TARGET_BATCHING_GAIN_CPU = 1.5
 TARGET_BATCHING_GAIN_GPU = 3.0
 LOAD_FOR_LATENCY = 0.8
@@ -409,7 +409,7 @@ async def _batching(run: _Run, batched: Any, single: Any) -> dict[str, Any]:
 
 def _latency_level(levels: list[dict[str, Any]], sustained: int) -> dict[str, Any] | None:
     """The step whose latency stands for the service: the largest sustained one at or below
-    80% of the sustained maximum (DESIGN §7), else the first step."""
+    80% of the sustained maximum (the latency target), else the first step."""
     candidates = [
         level for level in levels
         if level["sustained"] and level["streams"] <= max(1, LOAD_FOR_LATENCY * sustained)
