@@ -37,7 +37,18 @@ def hf_vision_model(arch: str = "tiny", seed: int = 0) -> Any:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CLIPVisionModel(config).eval()
+        model = CLIPVisionModel(config).eval()
+        randomise_biases(model)
+        return model
+
+
+def randomise_biases(model: nn.Module, scale: float = 0.05) -> None:
+    """HF initialises every Linear bias to zero, so a swapped q/k/v bias or a wrong out_proj/fc
+    bias mapping would convert unnoticed: give each bias values of its own."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.add_(scale * torch.randn_like(param))
 
 
 def tune_layernorms(model: Any, seed: int = 1) -> Any:
