@@ -45,8 +45,8 @@ from stream.samples import (
 )
 
 MANIPULATIONS = ("swap-blend", "swap-colour", "swap-blur", "swap-sharpen")
-MIN_FACE_PX = 84
-"""Face box height at least this, so that a real face detector finds it."""
+MIN_FACE_PX = 90
+"""Face height (the astronaut box) at least this, so a detector finds a face of 80+ px."""
 PAN_PX = 24
 """How far the backdrop pans over a clip."""
 
