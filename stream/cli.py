@@ -22,9 +22,11 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks; each prints JSON with ratios against a same-run base.")
 models_app = typer.Typer(help="The model store: pull, import, list and verify weights.")
 config_app = typer.Typer(help="Inspect and check the configuration.")
+data_app = typer.Typer(help="Datasets: manifests, and a synthetic face-forgery set for tests.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
 
@@ -75,6 +77,7 @@ def main() -> None:
 # Commands of each concern register themselves on the apps above.
 from stream.commands import (  # noqa: E402,F401
     bench,
+    data,
     demo,
     faces,
     models,

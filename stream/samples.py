@@ -26,13 +26,37 @@ def astronaut() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut())
 
 
-def _background(width: int, height: int) -> np.ndarray:
-    """A textured, face-free backdrop (smooth gradients so it compresses like real video)."""
+def background(
+    width: int, height: int, *, phase: float = 0.0, base: tuple[int, int, int] = (90, 110, 130)
+) -> np.ndarray:
+    """A textured, face-free backdrop (smooth gradients so it compresses like real video);
+    ``phase`` and ``base`` colour vary it."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    red = 90 + 60 * np.sin(xs / max(width, 1) * math.pi * 2)
-    green = 110 + 50 * np.cos(ys / max(height, 1) * math.pi * 3)
-    blue = 130 + 40 * np.sin((xs + ys) / max(width + height, 1) * math.pi * 4)
+    red = base[0] + 60 * np.sin(xs / max(width, 1) * math.pi * 2 + phase)
+    green = base[1] + 50 * np.cos(ys / max(height, 1) * math.pi * 3 + 2 * phase)
+    blue = base[2] + 40 * np.sin((xs + ys) / max(width + height, 1) * math.pi * 4 + 3 * phase)
     return np.stack([red, green, blue], axis=-1).clip(0, 255).astype(np.uint8)
+
+
+BACKDROP_PICTURES = ("brick", "grass", "gravel", "coffee", "rocket", "hubble_deep_field")
+"""Face-free photographs and textures shipped with scikit-image, usable as backdrops."""
+
+
+def picture_backdrop(name: str, width: int, height: int) -> np.ndarray:
+    """A scikit-image picture (``BACKDROP_PICTURES``) as an RGB backdrop covering the frame."""
+    from skimage import data
+
+    if name not in BACKDROP_PICTURES:
+        raise ValueError(f"unknown backdrop {name!r}; use one of {', '.join(BACKDROP_PICTURES)}")
+    picture = np.asarray(getattr(data, name)())
+    if picture.ndim == 2:
+        picture = np.repeat(picture[..., None], 3, axis=-1)
+    rows, cols = picture.shape[:2]
+    scale = max(width / cols, height / rows)
+    size = (max(width, round(cols * scale)), max(height, round(rows * scale)))
+    resized = cv2.resize(picture[..., :3], size, interpolation=cv2.INTER_AREA)
+    top, left = (size[1] - height) // 2, (size[0] - width) // 2
+    return np.ascontiguousarray(resized[top : top + height, left : left + width])
 
 
 @dataclass(frozen=True)
@@ -64,7 +88,7 @@ def compose_frame(
     width: int, height: int, placement: FacePlacement | None, backdrop: np.ndarray | None = None
 ) -> np.ndarray:
     """One RGB frame: the backdrop with the astronaut portrait pasted at ``placement``."""
-    frame = (backdrop if backdrop is not None else _background(width, height)).copy()
+    frame = (backdrop if backdrop is not None else background(width, height)).copy()
     if placement is None:
         return frame
     portrait = astronaut()
@@ -83,7 +107,7 @@ def face_frames(
     width: int, height: int, count: int, *, face: bool = True
 ) -> Iterator[tuple[np.ndarray, FacePlacement | None]]:
     """Frames of the moving face (or of the empty backdrop when ``face`` is false)."""
-    backdrop = _background(width, height)
+    backdrop = background(width, height)
     for index in range(count):
         placement = face_placement(index, count, width, height) if face else None
         if not face:
