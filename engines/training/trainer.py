@@ -98,7 +98,9 @@ class TrainResult:
 
 
 def _source_numbers(videos: list[PreparedVideo]) -> list[int | None]:
-    number_of = {v.id: i for i, v in enumerate(videos) if v.label == "real"}
+    """Per video the number of the real it was made from: a fake's ``source_id`` names the
+    ``source_id`` of its real (which, for a real, is its own id unless the manifest says)."""
+    number_of = {(v.source_id or v.id): i for i, v in enumerate(videos) if v.label == "real"}
     return [number_of.get(v.source_id) if v.label == "fake" else None for v in videos]
 
 

@@ -1,4 +1,5 @@
-"""``dfstream data synth``: write the synthetic face-forgery set (``stream.data.synth``)."""
+"""``dfstream data synth`` (the synthetic face-forgery set, ``stream.data.synth``) and
+``dfstream data prepare`` (the crop cache for training and evaluation, ``stream.data.prepare``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from stream.cli import console, data_app, fail
+from stream.cli import ConfigOption, console, data_app, fail, settings_or_exit
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -72,3 +73,58 @@ def data_synth(
         return
     console.print(f"wrote {summary['videos']} SYNTHETIC videos ({summary['real']} real, "
                   f"{summary['fake']} fake) and {summary['manifest']}")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    manifest: Annotated[Path, typer.Argument(help="A manifest (.csv, .jsonl) or a folder tree.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the prepared crop set.")],
+    frames: Annotated[int, typer.Option("--frames", min=1, max=10_000,
+                                        help="Frames per video, floor(linspace) indices.")] = 32,
+    with_face: Annotated[bool, typer.Option(
+        "--with-face", help="Sample densely until --frames frames have a face (GenD's mode).")]
+    = False,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Videos analysed at once.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run the service's face stage over every video and cache the largest face's aligned crop
+    per sampled frame, for `dfstream train` and `dfstream eval`. Resumable: videos already
+    prepared in --out are kept."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from engines.store import StoreError
+    from stream.analysis import Analyser
+    from stream.data.manifest import DatasetError, load_manifest
+    from stream.data.prepare import prepare
+
+    settings = settings_or_exit(config)
+    try:
+        dataset = load_manifest(manifest)
+    except DatasetError as exc:
+        raise fail(str(exc)) from None
+    try:
+        analyser = Analyser.faces_only(settings)
+    except (StoreError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    with Progress(TextColumn("prepare"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), console=console, transient=True) as bar:
+        task = bar.add_task("", total=len(dataset.entries))
+        summary = prepare(
+            dataset.entries, analyser, out, frames=frames, with_face=with_face, workers=workers,
+            settings={"manifest": str(manifest), "faces": settings.faces.model_dump(mode="json"),
+                      "detect_max_side": settings.ingest.detect_max_side},
+            progress=lambda name: bar.update(task, advance=1, description=name),
+        )
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict(), indent=2))
+    else:
+        console.print(f"prepared {summary.prepared} video(s), kept {summary.resumed} already "
+                      f"done, {summary.crops} crops in {out}")
+        if summary.without_face:
+            console.print(f"[yellow]{len(summary.without_face)} video(s) without a face:[/] "
+                          + ", ".join(summary.without_face[:10]))
+    if summary.failed:
+        for video, error in summary.failed.items():
+            console.print(f"[red]{video}:[/] {error}")
+        raise typer.Exit(1)

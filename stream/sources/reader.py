@@ -1,5 +1,6 @@
 """The one file reader for offline work (``dfstream score``, ``dfstream faces``, data preparation,
-evaluation): decoded frames of a local video, every frame, a rate, or N uniform frames.
+evaluation): decoded frames of a local video or of a folder of frame images, every frame, a
+rate, or N uniform frames.
 
 Live sources (``PyAVSource``) pace, drop and reconnect; offline work wants every frame it asked
 for, exactly once, in order, so it reads the file itself. Uniform sampling follows the papers'
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from stream.sources.base import Frame
@@ -33,8 +35,20 @@ def uniform_indices(total: int, count: int) -> list[int]:
     return [int(i) for i in np.floor(np.linspace(0, total - 1, count))]
 
 
+FRAME_RATE_OF_FOLDERS = 25.0
+"""The rate a folder of frame images is taken to have (for pts and ``fps``)."""
+
+
+def frame_images(path: Path) -> list[Path]:
+    """The frame images of a folder, in name order."""
+    return sorted(p for p in path.iterdir() if p.is_file() and cv2.haveImageReader(str(p)))
+
+
 def count_frames(path: Path) -> int:
-    """Video frames of the file: the header's count, else its video packets (demuxing only)."""
+    """Frames of the video (the header's count, else its video packets; demuxing only) or
+    images of the frame folder."""
+    if path.is_dir():
+        return len(frame_images(path))
     with _open(path) as container:
         video = container.streams.video[0]
         if video.frames:
@@ -74,6 +88,9 @@ def read_frames(
     if wanted is not None and not wanted:
         return
     stream = stream_id or path.stem or "video"
+    if path.is_dir():
+        yield from _read_folder(path, wanted, fps, limit, stream)
+        return
     delivered = 0
     with _open(path) as container:
         video = container.streams.video[0]
@@ -99,6 +116,24 @@ def read_frames(
         except av.FFmpegError as exc:
             what = "cannot be decoded" if index < 0 else f"decoding stopped after frame {index}"
             raise VideoError(f"{path} {what}: {exc}") from None
+
+
+def _read_folder(
+    path: Path, wanted: set[int] | None, fps: float | None, limit: int | None, stream: str
+) -> Iterator[Frame]:
+    step = max(1, round(FRAME_RATE_OF_FOLDERS / fps)) if fps else 1
+    delivered = 0
+    for index, image_path in enumerate(frame_images(path)):
+        if (wanted is not None and index not in wanted) or index % step:
+            continue
+        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise VideoError(f"{image_path} cannot be read as an image")
+        rgb = np.ascontiguousarray(image[:, :, ::-1])
+        yield Frame(stream, index, index / FRAME_RATE_OF_FOLDERS, time.time(), rgb=rgb)
+        delivered += 1
+        if limit is not None and delivered >= limit:
+            return
 
 
 def read_uniform(path: Path, count: int, *, stream_id: str | None = None) -> Iterator[Frame]:
