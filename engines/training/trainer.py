@@ -110,7 +110,10 @@ def initial_model(base: BaseTower, seed: int) -> LNCLIPDetector:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = torch.nn.Linear(spec.width, 2)
-    state = {**base.tensors, "head.weight": head.weight.detach(), "head.bias": head.bias.detach()}
+    # Copies: the model takes its tensors over as they are, and training must not write the
+    # trained LayerNorms back into the base (a second run would start from them).
+    state = {name: tensor.clone() for name, tensor in base.tensors.items()}
+    state.update({"head.weight": head.weight.detach(), "head.bias": head.bias.detach()})
     return model_from_state(base.arch, state)
 
 
