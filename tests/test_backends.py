@@ -16,7 +16,7 @@ from engines.backends.base import check_crops
 from engines.backends.onnx_backend import OnnxRuntimeScorer, export_onnx
 from engines.backends.tensorrt_backend import tensorrt_available
 from engines.backends.torch_backend import TorchScorer, batch_buckets
-from engines.bench import run_scorer_benchmark, vit_flops_per_crop
+from engines.bench.scorer import run_scorer_benchmark, vit_flops_per_crop
 from engines.checkpoints.bundle import bundle_from_model, model_from_state
 from engines.checkpoints.catalog import install_bundle
 from engines.clip_detector import LNCLIPDetector, arch_spec, random_detector

@@ -115,3 +115,18 @@ def test_paired_batches_bring_each_fake_with_its_source_real() -> None:
         assert reals == sorted(owners[i] - 2 for i in fakes)  # each fake's own source
     with pytest.raises(ValueError, match="real and fake"):
         PairedBatches(np.zeros(4, np.int64), np.arange(4), [None] * 4, batch_size=2)
+
+
+def test_bench_train_reports_steps_and_the_forward_baseline() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from stream.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "train", "--batch", "4", "--seconds", "0.3",
+                                      "--rounds", "1", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["steps_per_s"] > 0 and report["results"]["forward"]["crops_per_s"] > 0
+    assert set(report["ratios"]) == {"train_step / forward", "train_step_augmented / forward"}

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import special
+from torchvision.transforms import v2
 
 from engines.checkpoints.base import BaseTower
 from engines.checkpoints.bundle import Bundle, bundle_from_model, model_from_state
@@ -136,6 +137,32 @@ def _autocast(device: str) -> torch.autocast:
     return torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu)
 
 
+def train_step(
+    model: LNCLIPDetector,
+    optimiser: torch.optim.Optimizer,
+    objective: Objective,
+    crops: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    transform: v2.Transform | None,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """One optimiser step on a batch of uint8 crops; the loss terms' values."""
+    device = config.device
+    x = augment_batch(crops, transform) if transform is not None else crops
+    y = labels.to(device)
+    with _autocast(device):
+        features = model.features(x.to(device))
+        if config.slerp:
+            features = slerp_augment(features, y, generator)
+        logits = model.head(features)
+    loss, parts = objective(logits, features, y)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return parts
+
+
 def train(
     prepared: PreparedSet,
     base: BaseTower,
@@ -195,19 +222,11 @@ def train(
             lr = config.lr_at(step, steps_per_epoch)
             for group in optimiser.param_groups:
                 group["lr"] = lr
-            x = torch.from_numpy(crops[batch])
-            if config.augment:
-                x = augment_batch(x, transform)
-            y = torch.from_numpy(targets[batch]).to(device)
-            with _autocast(device):
-                features = model.features(x.to(device))
-                if config.slerp:
-                    features = slerp_augment(features, y, generator)
-                logits = model.head(features)
-            loss, parts = objective(logits, features, y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            parts = train_step(
+                model, optimiser, objective, torch.from_numpy(crops[batch]),
+                torch.from_numpy(targets[batch]), config,
+                transform if config.augment else None, generator,
+            )
             step += 1
             seen += len(batch)
             for key, value in parts.items():

@@ -1,6 +1,6 @@
 """``dfstream bench ...``: every benchmark's command. Each prints JSON (``--json``) with ratios
 against a baseline measured in the same run; the measuring code lives in stream/bench/ and
-engines/bench.py."""
+engines/bench/."""
 
 from __future__ import annotations
 
@@ -230,7 +230,7 @@ def bench_scorer(
     as_json: JsonOption = False,
 ) -> None:
     """Crops/s of the crop scorer per backend and batch size, with same-run ratios."""
-    from engines.bench import run_scorer_benchmark
+    from engines.bench.scorer import run_scorer_benchmark
     from engines.clip_detector import ARCHS
 
     arch_list = [a.strip() for a in archs.split(",") if a.strip()]
@@ -379,3 +379,34 @@ def bench_pipeline(
         f"batching {result['batching_gain']}x batch-1 (scorer alone "
         f"{result['scorer_batching_gain']}x)"
     )
+
+
+# --- train ----------------------------------------------------------------------------------------
+
+
+@bench_app.command("train")
+def bench_train(
+    arch: Annotated[str, typer.Option(help="tiny, ViT-B-16 or ViT-L-14.")] = "tiny",
+    batch: Annotated[int, typer.Option(min=2, max=1024, help="Crops per step.")] = 32,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
+    seconds: Annotated[float, typer.Option(min=0.1, help="Measured seconds per case.")] = 6.0,
+    rounds: Annotated[int, typer.Option(min=1, max=50, help="Interleaved rounds.")] = 3,
+    json_out: JsonOption = False,
+) -> None:
+    """LN-tuning steps/s and crops/s, with and without augmentations, against the forward-only
+    rate of the same model in the same run."""
+    from engines.bench.training import run_training_benchmark
+    from engines.clip_detector import ARCHS
+    from engines.devices import DeviceUnavailable
+
+    if arch not in ARCHS:
+        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
+    try:
+        result = run_training_benchmark(arch=arch, batch=batch, device=device, seconds=seconds,
+                                        rounds=rounds)
+    except DeviceUnavailable as exc:
+        raise fail(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console.print_json(data=result)
