@@ -1,4 +1,5 @@
-"""Face crops for the scorer: 5-point similarity alignment, or a plain box crop as fallback.
+"""Face crops for the scorer: 5-point similarity alignment, or a plain box crop as fallback;
+or the authors' reference crop (``reference_plan``).
 
 The landmark template (fractions of the crop side, from the method) is for a tight face; the
 crop keeps ``margin`` times that side around the same centre, so with margin 1.3 the eyes of
@@ -30,7 +31,12 @@ DEFAULT_MARGIN = 1.3
 _READ_PAD = 3
 """Extra source pixels read around the crop's footprint, for the interpolation kernel."""
 
-Alignment = Literal["landmarks", "box"]
+Alignment = Literal["landmarks", "box", "none"]
+"""How a crop was aligned; ``none``: no crop (a reference-style fit that failed)."""
+CropStyle = Literal["fast", "reference"]
+
+REFERENCE_WARP_SIZE = 256
+"""The authors' code warps to 256x256 and lets CLIPProcessor resize that to 224."""
 
 
 def template_points(size: int = CROP_SIZE, margin: float = DEFAULT_MARGIN) -> np.ndarray:
@@ -50,6 +56,9 @@ class CropPlan:
     """(2, 3) float64, frame coordinates -> crop coordinates."""
     size: int
     alignment: Alignment
+    final_size: int | None = None
+    """When set, the warped ``size`` crop is resized to this with PIL's bicubic filter, which
+    antialiases as CLIPProcessor does; the warp then reads the frame without a prefilter."""
 
     @property
     def scale(self) -> float:
@@ -59,7 +68,9 @@ class CropPlan:
     @property
     def shrink(self) -> int:
         """Integer factor the source is area-averaged by before the warp (1: none)."""
-        return max(1, math.floor(1.0 / self.scale)) if self.scale > 0 else 1
+        if self.final_size is not None or self.scale <= 0:
+            return 1
+        return max(1, math.floor(1.0 / self.scale))
 
     def source_box(self) -> tuple[int, int, int, int]:
         """The frame region (x1, y1, x2, y2; x2, y2 exclusive) the crop reads, unclipped.
@@ -102,10 +113,18 @@ class CropPlan:
         matrix = self.matrix @ np.array([[k, 0, x0], [0, k, y0], [0, 0, 1]], np.float64)
         # OpenCV samples pixel centres: shift into and out of that convention.
         matrix[:, 2] += matrix[:, :2] @ np.array([0.5, 0.5]) - 0.5
-        return cv2.warpAffine(
+        warped = cv2.warpAffine(
             np.ascontiguousarray(region), matrix, (self.size, self.size),
             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
         )
+        if self.final_size is None or self.final_size == self.size:
+            return warped
+        from PIL import Image
+
+        resized = Image.fromarray(warped).resize(
+            (self.final_size, self.final_size), Image.Resampling.BICUBIC
+        )
+        return np.asarray(resized)
 
 
 def landmark_plan(
@@ -126,6 +145,24 @@ def landmark_plan(
     if matrix is None or not np.isfinite(matrix).all():
         return None
     plan = CropPlan(matrix, size, "landmarks")
+    return plan if plan.scale > 1e-6 else None
+
+
+def reference_plan(
+    landmarks: np.ndarray, size: int = CROP_SIZE, margin: float = DEFAULT_MARGIN
+) -> CropPlan | None:
+    """The authors' crop: a similarity fitted with LMEDS (an off landmark is dropped rather
+    than bending the whole crop), warped bilinearly to 256x256 with a black border, then
+    resized to ``size`` with antialiased bicubic; None when the fit fails (no box fallback)."""
+    points = np.asarray(landmarks, np.float64).reshape(5, 2)
+    if not np.isfinite(points).all():
+        return None
+    matrix, _ = cv2.estimateAffinePartial2D(
+        points, template_points(REFERENCE_WARP_SIZE, margin), method=cv2.LMEDS
+    )
+    if matrix is None or not np.isfinite(matrix).all():
+        return None
+    plan = CropPlan(matrix, REFERENCE_WARP_SIZE, "landmarks", final_size=size)
     return plan if plan.scale > 1e-6 else None
 
 
@@ -162,8 +199,12 @@ def plan_crop(
     size: int = CROP_SIZE,
     margin: float = DEFAULT_MARGIN,
     min_landmark_score: float = 0.9,
-) -> CropPlan:
-    """Aligned on the landmarks when they are reliable, else the plain box crop."""
+    style: CropStyle = "fast",
+) -> CropPlan | None:
+    """``fast``: aligned on the landmarks when they are reliable, else the plain box crop.
+    ``reference``: the authors' crop, or None when the landmarks give no similarity."""
+    if style == "reference":
+        return reference_plan(landmarks, size, margin)
     if landmarks_reliable(box, landmarks, score, min_landmark_score):
         plan = landmark_plan(landmarks, size, margin)
         if plan is not None:
@@ -185,4 +226,5 @@ def crop_face(
     plan = plan_crop(
         box, landmarks, score, size=size, margin=margin, min_landmark_score=min_landmark_score
     )
+    assert plan is not None  # the fast style always has the box to fall back on
     return plan.apply(image), plan.alignment

@@ -179,6 +179,13 @@ class FaceSettings(Section):
         description="Below this detection score, or with landmarks outside the box, a plain "
         "box crop is used instead of the 5-point alignment.",
     )
+    crop: Literal["fast", "reference"] = Field(
+        "fast",
+        description="'fast': a least-squares 5-point similarity warped straight to 224 (box crop "
+        "when landmarks are unreliable); 'reference': the authors' crop (LMEDS fit, warp to "
+        "256, antialiased bicubic to 224, no box fallback). Train and serve with the same one; "
+        "docs/benchmarks.md measures the difference.",
+    )
     track_iou: float = Field(0.3, gt=0, lt=1, description="IoU to continue a track.")
     track_min_hits: int = Field(2, ge=1, le=100, description="Hits before a track is confirmed.")
     track_max_age_s: float = Field(1.0, gt=0, le=60, description="Unmatched tracks expire after.")

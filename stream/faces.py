@@ -184,9 +184,11 @@ class FaceStage:
         for box, landmarks, score in candidates:
             plan = plan_crop(
                 box, landmarks, score, size=CROP_SIZE, margin=settings.margin,
-                min_landmark_score=settings.min_landmark_score,
+                min_landmark_score=settings.min_landmark_score, style=settings.crop,
             )
-            if self.with_crops:
+            if plan is None:  # the reference style has no box fallback: no crop, not scored
+                crops.append((None, "none"))
+            elif self.with_crops:
                 region, x0, y0 = frame.region_rgb(*plan.source_box())
                 crops.append((plan.apply(region, x0, y0), plan.alignment))
             else:

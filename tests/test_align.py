@@ -143,3 +143,25 @@ def test_crop_near_the_frame_edge_is_filled_black() -> None:
     crop, _ = crop_face(frame, np.array([0.0, 0.0, 40.0, 40.0]), np.zeros((5, 2)), 0.0)
     assert crop[0, 0].tolist() == [0, 0, 0]  # outside the frame
     assert crop[SIZE // 2, SIZE // 2].tolist() == [200, 200, 200]
+
+
+def test_the_reference_crop_puts_the_landmarks_on_the_template_and_drops_an_outlier() -> None:
+    from engines.align import reference_plan
+
+    target = template_points(256)
+    # Landmarks of a face in the frame: the template moved, scaled and rotated.
+    angle = np.deg2rad(12.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    frame_points = (target - 128) @ rotation.T * 0.7 + np.array([300.0, 200.0])
+    off = frame_points.copy()
+    off[2] += 40.0  # the nose badly off: LMEDS ignores it, a least-squares fit would not
+    for points in (frame_points, off):
+        plan = reference_plan(points)
+        assert plan is not None and plan.size == 256 and plan.final_size == 224
+        mapped = np.c_[points, np.ones(5)] @ plan.matrix.T
+        eyes_and_mouth = [0, 1, 3, 4]
+        np.testing.assert_allclose(mapped[eyes_and_mouth], target[eyes_and_mouth], atol=0.5)
+    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    crop = reference_plan(frame_points).apply(image)  # type: ignore[union-attr]
+    assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+    assert reference_plan(np.full((5, 2), np.nan)) is None  # no box fallback

@@ -410,3 +410,41 @@ def bench_train(
         typer.echo(json.dumps(result, indent=2))
         return
     console.print_json(data=result)
+
+
+# --- crops ----------------------------------------------------------------------------------------
+
+
+@bench_app.command("crops")
+def bench_crops(
+    bundle: Annotated[Path | None, typer.Option(
+        help="A detector bundle: also report how far p_fake moves between the crop styles.",
+        show_default=False)] = None,
+    arch: Annotated[str, typer.Option(help="The bundle's architecture.")] = "tiny",
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """The fast crop against the authors' reference crop on a real face: pixel differences,
+    cost per crop, and with --bundle the change in p_fake."""
+    from engines.calibrated import CalibratedScorer
+    from engines.calibration import Calibrator
+    from engines.deepfake_detector import DetectorUnavailable, load_detector
+    from engines.store import StoreError
+    from stream.bench.crops import run_crop_comparison
+    from stream.faces import build_face_detector
+
+    settings = settings_or_exit(config)
+    try:
+        detector = build_face_detector(settings.faces)
+        scorer = None
+        if bundle is not None:
+            engine, info = load_detector(settings.detector.model_copy(
+                update={"bundle": str(bundle), "arch": arch, "device": "cpu"}))
+            scorer = CalibratedScorer(engine, Calibrator.from_dict(info.calibration))
+    except (StoreError, DetectorUnavailable, ValueError) as exc:
+        raise fail(str(exc)) from None
+    result = run_crop_comparison(detector, margin=settings.faces.margin, scorer=scorer)
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console.print_json(data=result)

@@ -85,6 +85,9 @@ def data_prepare(
         "--with-face", help="Sample densely until --frames frames have a face (GenD's mode).")]
     = False,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Videos analysed at once.")] = 2,
+    crop: Annotated[str | None, typer.Option(
+        help="Crop style: 'fast' or 'reference' (overrides faces.crop; serve with the same).",
+        show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -99,6 +102,10 @@ def data_prepare(
     from stream.data.prepare import prepare
 
     settings = settings_or_exit(config)
+    if crop is not None:
+        if crop not in ("fast", "reference"):
+            raise fail(f"unknown crop style {crop!r}; choose fast or reference", 2)
+        settings.faces.crop = crop  # type: ignore[assignment]
     try:
         dataset = load_manifest(manifest)
     except DatasetError as exc:
