@@ -79,6 +79,7 @@ from stream.commands import (  # noqa: E402,F401
     bench,
     data,
     demo,
+    evaluate,
     faces,
     models,
     score,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from engines.retinaface import RetinaFaceDetector
+from engines.retinaface.torch_detector import RetinaFaceDetector
 from stream.cli import app
 from stream.data.manifest import Dataset, load_manifest
 from stream.data.synth import MANIPULATIONS, SynthConfig, synthesize

@@ -1,5 +1,6 @@
-"""Training end to end on SYNTHETIC data: `data synth` -> `data prepare` -> `train` (tiny, CPU),
-then the bundle through the service's own loader and analysis path.
+"""Training, calibration and evaluation end to end on SYNTHETIC data: `data synth` -> `data
+prepare` -> `train` (tiny, CPU) -> `calibrate` -> `eval`, and the bundle through the service's
+own loader and analysis path.
 
 The tower is a random-init tiny CLIP (no CLIP weights ship here), so what it learns is the
 synthetic generator's seams and colour mismatch; the assertions are about the method's
@@ -97,7 +98,7 @@ def test_only_layernorms_and_the_head_differ_from_the_base(trained: Trained) -> 
 
 
 def test_the_held_out_test_split_ranks_fakes_above_reals(trained: Trained) -> None:
-    from engines.evaluation import ranking_metrics, video_means
+    from engines.metrics import ranking_metrics, video_means
 
     bundle = read_bundle(trained.bundle)
     assert bundle.base is not None
@@ -157,3 +158,53 @@ def test_the_service_loader_scores_a_prepared_video_as_training_does(trained: Tr
     served = {f.index: f.faces[0].raw_p_fake for f in live.frames if f.faces}
     assert set(served) == set(trained_p)
     assert max(abs(served[i] - trained_p[i]) for i in served) <= 1e-5
+
+
+def test_calibration_fitted_on_the_held_out_split_lowers_its_ece(trained: Trained) -> None:
+    out = trained.root / "calibrated.safetensors"
+    report = run(["calibrate", str(trained.prepared), "--bundle", str(trained.bundle),
+                  "--out", str(out), "--method", "temperature", "--report",
+                  str(trained.root / "calibration")])
+    assert report["ece_after"] < report["ece_before"]
+    assert report["nll_after"] <= report["nll_before"] + 1e-9
+    assert Path(report["reliability_plot"]).stat().st_size > 1000
+    calibrated = read_bundle(out)
+    assert calibrated.calibration["method"] == "temperature"
+    assert calibrated.metrics["calibration"]["split"] == "val"
+    assert calibrated.metrics["calibration"]["crops"] == report["crops"]
+    slerped = run(["calibrate", str(trained.prepared), "--bundle", str(trained.bundle),
+                   "--out", str(trained.root / "slerp.safetensors"), "--method", "platt",
+                   "--slerp"])
+    assert slerped["fitted_on"] == 5 * slerped["crops"]
+
+
+def test_eval_reports_the_papers_metrics_and_they_recompute_from_its_videos(
+    trained: Trained,
+) -> None:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    report = run(["eval", str(trained.prepared), "--bundle", str(trained.bundle),
+                  "--split", "test", "--bootstrap", "200",
+                  "--report", str(trained.root / "eval")])
+    videos = report["videos"]
+    labels = [v["label"] for v in videos]
+    scores = [v["p_fake"] for v in videos]
+    assert report["video"]["auroc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert report["video"]["ap"] == pytest.approx(average_precision_score(labels, scores))
+    low, high = report["video"]["bootstrap_95"]["auroc"]
+    assert low <= report["video"]["auroc"] <= high
+    assert 0.0 <= report["video"]["eer"] <= 1.0 and 0.0 <= report["ece"] <= 1.0
+    assert set(report["per_manipulation"]) <= {"swap-blend", "swap-colour", "swap-blur",
+                                               "swap-sharpen"}
+    assert Path(report["report"]["markdown"]).read_text().startswith("# Evaluation")
+    # Each video's score is what `dfstream score` gives it: the same path, uncalibrated mean.
+    first = videos[0]
+    scored = run(["score", str(trained.synth / f"{first['id']}.mp4"), "--frames", str(FRAMES),
+                  "--arch", "tiny", "--config", str(_bundle_config(trained))])
+    assert scored["raw_p_fake"] == pytest.approx(first["p_fake"], abs=1e-5)
+
+
+def _bundle_config(trained: Trained) -> Path:
+    config = trained.root / "score.yaml"
+    config.write_text(f"detector:\n  arch: tiny\n  bundle: {trained.bundle}\n  device: cpu\n")
+    return config

@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 from engines.checkpoints.base import BaseTower
 from engines.checkpoints.bundle import Bundle, bundle_from_model, model_from_state
 from engines.clip_detector import LNCLIPDetector, arch_spec
-from engines.evaluation import ranking_metrics, video_means
+from engines.metrics import ranking_metrics, video_means
 from engines.training.augment import augment_batch, training_augmentation
 from engines.training.crops import PreparedSet, PreparedVideo
 from engines.training.losses import Objective

@@ -89,7 +89,7 @@ def train_command(
     from engines.checkpoints.bundle import save_bundle
     from engines.checkpoints.errors import CheckpointError
     from engines.clip_detector import ARCHS
-    from engines.evaluation import MetricsError
+    from engines.metrics import MetricsError
     from engines.training.crops import PreparedSet, PreparedSetError
     from engines.training.trainer import TrainConfig, TrainingError, train
     from engines.training.tuning import TuningError
