@@ -50,7 +50,7 @@ def test_video_means_and_bootstrap_intervals() -> None:
     scores = labels + rng.normal(0, 0.8, 100)
     low, high = bootstrap_intervals(labels, scores, rounds=300)["auroc"]
     assert low < ranking_metrics(labels, scores).auroc < high
-    assert 0.5 < low and high <= 1.0
+    assert low > 0.5 and high <= 1.0
 
 
 def test_one_class_is_a_clear_error() -> None:
