@@ -40,7 +40,7 @@ from stream.analysis import Analyser, FrameAnalysis
 from stream.config import PipelineSettings
 from stream.faces import FrameFaces
 from stream.metrics import ServiceMetrics
-from stream.publish import Publisher
+from stream.publish.publisher import Publisher
 from stream.scoring import FaceScore, ScoreResult, StreamScoring
 from stream.sources.base import Frame, FrameSource
 from stream.sources.rates import RateMeter

@@ -27,7 +27,7 @@ from stream.backoff import Backoff
 from stream.config import Settings, StreamSpec
 from stream.metrics import ServiceMetrics
 from stream.pipeline import Pipeline
-from stream.publish import Publisher
+from stream.publish.publisher import Publisher
 from stream.redis_contract import RedisKeys, connect, redact
 from stream.redis_server import EmbeddedRedis
 from stream.scoring import StreamScoring

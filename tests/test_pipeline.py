@@ -27,7 +27,7 @@ from stream.analysis import EVERY_FACE, Analyser, CropPolicy
 from stream.config import FaceSettings, PipelineSettings, RedisSettings, ScoringSettings
 from stream.faces import FaceStage
 from stream.pipeline import Pipeline
-from stream.publish import Publisher
+from stream.publish.publisher import Publisher
 from stream.samples import FacePlacement, compose_frame
 from stream.scoring import StreamScoring
 from stream.sources.base import Frame

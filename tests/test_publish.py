@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aioredis
 
 from stream.config import RedisSettings, Thresholds
-from stream.publish import Publisher
+from stream.publish.publisher import Publisher
 from stream.redis_server import EmbeddedRedis, free_tcp_port
 from stream.scoring import AlertEvent, FaceScore, ScoreResult, StreamScoring
 from stream.subscribe import EventFeed

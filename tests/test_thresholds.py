@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from stream.cli import app
 from stream.config import Thresholds
-from stream.publish import Publisher
+from stream.publish.publisher import Publisher
 from stream.redis_server import free_tcp_port
 from stream.scoring import FaceScore, StreamScoring
 from stream.thresholds import (

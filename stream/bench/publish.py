@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 
 from stream.config import Thresholds
-from stream.publish import Publisher
+from stream.publish.publisher import Publisher
 from stream.redis_contract import connect
 from stream.redis_server import EmbeddedRedis
 from stream.scoring import FaceScore, ScoreResult, StreamScoring

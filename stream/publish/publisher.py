@@ -1,5 +1,7 @@
 """The Redis publisher: live scores, stream state, lossless events, evidence, liveness.
 
+Messages are encoded by ``encoding``, events wait in an ``Outbox``, Redis runs ``scripts``.
+
 The analysis loop never waits on Redis. Its calls (``publish``, ``put_evidence``,
 ``stream_online`` ...) only encode and enqueue; one writer task sends whatever is pending as a
 single pipeline per tick, so a busy second costs a few round trips, not thousands.
@@ -27,25 +29,23 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import socket
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as dist_version
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from stream.backoff import Backoff
 from stream.config import RedisSettings
-from stream.redis_contract import SCHEMA_VERSION, RedisKeys, connect, redact
+from stream.publish import encoding
+from stream.publish.outbox import Outbox, Outgoing
+from stream.publish.scripts import PUBLISH_MANY, RELEASE_SERVICE, WRITE_EVENT
+from stream.redis_contract import RedisKeys, connect, redact
 from stream.scoring import AlertEvent, ScoreResult
 
 log = logging.getLogger("dfstream.publish")
@@ -59,38 +59,6 @@ SCORES_PER_SCRIPT = 256
 """Score messages per PUBLISH script call; Redis runs one such call in well under a ms."""
 MAX_EVENTS_PER_TICK = 256
 OUTBOX_MARK_TTL_S = 7 * 24 * 3600
-_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
-
-# KEYS: events stream, this publisher's mark. ARGV: number, payload, maxlen, channel, mark TTL.
-# The channel copy gets the entry id, so a live listener can switch to XREAD without a gap.
-_WRITE_EVENT = """
-local done = tonumber(redis.call('GET', KEYS[2]) or '0')
-if tonumber(ARGV[1]) <= done then
-  return false
-end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[5])
-redis.call('PUBLISH', ARGV[4], '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
-return id
-"""
-
-# ARGV: channel, message, channel, message ... One script call replaces a batch of PUBLISH
-# commands: a single reply instead of one per message, which is most of a client's cost.
-_PUBLISH_MANY = """
-for i = 1, #ARGV, 2 do
-  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
-end
-return #ARGV / 2
-"""
-
-# KEYS: service key. ARGV: our instance id. Deletes the liveness key only if it is ours.
-_RELEASE_SERVICE = """
-local value = redis.call('GET', KEYS[1])
-if value and cjson.decode(value)['instance'] == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 @dataclass
@@ -114,12 +82,6 @@ class PublisherStats:
         return asdict(self)
 
 
-@dataclass(slots=True)
-class _Outgoing:
-    number: int
-    payload: bytes
-
-
 class Publisher:
     """Publishes what the scorer produces to Redis; see the module docstring for guarantees.
 
@@ -130,19 +92,23 @@ class Publisher:
     def __init__(
         self,
         url: str,
+        settings: RedisSettings | None = None,
         *,
-        prefix: str = "dfstream:",
-        events_maxlen: int = 100_000,
-        outbox_size: int = 10_000,
-        evidence_ttl_s: int = 7 * 24 * 3600,
-        service_ttl_s: float = 10.0,
-        reconnect_base_s: float = 0.2,
-        reconnect_cap_s: float = 10.0,
-        socket_timeout_s: float = 5.0,
-        state_interval_s: float = 0.1,
         clock: Callable[[], float] = time.time,
         on_latency: Callable[[Sequence[float]], None] | None = None,
+        **overrides: Any,
     ) -> None:
+        """``settings``: the ``redis`` section (its defaults when None); ``overrides``: any of
+        its fields (e.g. ``reconnect_base_s``), validated as the section's own."""
+        base = settings or RedisSettings()
+        config = RedisSettings(**{**base.model_dump(), **overrides}) if overrides else base
+        prefix = config.prefix
+        events_maxlen = config.events_maxlen
+        outbox_size = config.outbox_size
+        evidence_ttl_s = config.evidence_ttl_s
+        service_ttl_s = config.service_ttl_s
+        socket_timeout_s = config.socket_timeout_s
+        state_interval_s = config.state_interval_s
         self.url = url
         self.keys = RedisKeys(prefix)
         self.instance = uuid.uuid4().hex[:16]
@@ -152,7 +118,7 @@ class Publisher:
         self.service_ttl_s = service_ttl_s
         self.socket_timeout_s = socket_timeout_s
         self.state_interval_s = state_interval_s
-        self._backoff = Backoff(reconnect_base_s, reconnect_cap_s)
+        self._backoff = Backoff(config.reconnect_base_s, config.reconnect_cap_s)
         self._clock = clock
         self._on_latency = on_latency
         self._stats = PublisherStats()
@@ -165,13 +131,12 @@ class Publisher:
         self._state_submitted = 0
         self._state_done = 0
         self._channels: dict[str, str] = {}
-        self._outbox: deque[_Outgoing] = deque()
+        self._outbox = Outbox(outbox_size)
         self._lock = threading.Lock()
         self._evidence: OrderedDict[str, bytes] = OrderedDict()
         self._epochs: dict[str, int] = {}
         self._last_seq: dict[str, int] = {}
         self._online: set[str] = set()
-        self._event_number = 0
         self._scores_submitted = 0
         self._scores_done = 0
         self._last_overflow_log = -1e9
@@ -192,19 +157,7 @@ class Publisher:
     def from_settings(cls, settings: RedisSettings, url: str, **kwargs: Any) -> Publisher:
         """A publisher configured from the ``redis`` section; ``url`` is the resolved URL (the
         embedded server's when the section has none)."""
-        return cls(
-            url,
-            prefix=settings.prefix,
-            events_maxlen=settings.events_maxlen,
-            outbox_size=settings.outbox_size,
-            evidence_ttl_s=settings.evidence_ttl_s,
-            service_ttl_s=settings.service_ttl_s,
-            reconnect_base_s=settings.reconnect_base_s,
-            reconnect_cap_s=settings.reconnect_cap_s,
-            socket_timeout_s=settings.socket_timeout_s,
-            state_interval_s=settings.state_interval_s,
-            **kwargs,
-        )
+        return cls(url, settings, **kwargs)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -231,12 +184,12 @@ class Publisher:
         """Wait until everything submitted so far is written (or counted as dropped)."""
         assert self._progress is not None, "start() the publisher first"
         target_scores = self._scores_submitted
-        target_events = self._event_number
+        target_events = self._outbox.last_number
         target_state = self._state_submitted
         deadline = time.monotonic() + timeout_s
         while True:
             with self._lock:
-                oldest = self._outbox[0].number if self._outbox else None
+                oldest = self._outbox.oldest_number()
             events_done = oldest is None or oldest > target_events
             scores_done = self._scores_done >= target_scores
             state_done = self._state_done >= target_state
@@ -343,23 +296,7 @@ class Publisher:
             self._queue_event(self._alert_event(event, epoch))
         payload = None
         if self._stats.connected:
-            payload = orjson.dumps(
-                {
-                    "v": SCHEMA_VERSION,
-                    "stream": stream,
-                    "seq": result.seq,
-                    "epoch": epoch,
-                    "pts": result.pts,
-                    "captured_at": result.captured_at,
-                    "published_at": published_at,
-                    "faces": _faces(result),
-                    "p_stream": result.p_stream,
-                    "state": result.state,
-                    "alert": result.alert_id,
-                    "config_version": result.config_version,
-                },
-                option=_JSON_OPTS,
-            )
+            payload = encoding.score_message(result, epoch, published_at)
         channel = self._channels.get(stream) or self._channels.setdefault(
             stream, self.keys.scores(stream)
         )
@@ -391,39 +328,13 @@ class Publisher:
     # ----------------------------------------------------------------- encoding
 
     def _alert_event(self, event: AlertEvent, epoch: int) -> dict[str, Any]:
-        return {
-            "v": SCHEMA_VERSION,
-            **event.to_dict(),
-            "epoch": epoch,
-            "evidence": self.keys.evidence(event.event_id),
-        }
+        return encoding.alert_event(event, epoch, self.keys)
 
     def _stream_event(self, kind: str, stream: str, **extra: Any) -> dict[str, Any]:
-        """Lifecycle events carry every key alert events do (null where meaningless), so that
-        a subscriber handles one schema."""
-        now = self._clock()
-        return {
-            "v": SCHEMA_VERSION,
-            "type": kind,
-            "event_id": f"{stream}-{round(now * 1000)}-{kind.split('.')[1]}",
-            "stream": stream,
-            "seq": self._last_seq.get(stream, 0),
-            "pts": None,
-            "captured_at": None,
-            "at": now,
-            "start": now if kind == "stream.online" else None,
-            "end": now if kind == "stream.offline" else None,
-            "score": None,
-            "top_score": None,
-            "tracks": [],
-            "peak": None,
-            "thresholds": None,
-            "config_version": None,
-            "reason": None,
-            "epoch": self._epochs.get(stream, 0),
-            "evidence": None,
-            **extra,
-        }
+        return encoding.stream_event(
+            kind, stream, now=self._clock(), seq=self._last_seq.get(stream, 0),
+            epoch=self._epochs.get(stream, 0), **extra,
+        )
 
     def _queue_state(self, stream: str, fields: dict[str, str | int | float]) -> None:
         fields["updated_at"] = self._clock()
@@ -436,17 +347,15 @@ class Publisher:
         self._notify()
 
     def _queue_event(self, payload: dict[str, Any]) -> None:
-        data = orjson.dumps(payload, option=_JSON_OPTS)
+        data = encoding.encode(payload)
         with self._lock:
-            self._event_number += 1
-            if len(self._outbox) >= self.outbox_size:
-                lost = self._outbox.popleft()
+            lost = self._outbox.add(data)
+            if lost is not None:
                 self._stats.outbox_overflow += 1
                 self._log_overflow(lost)
-            self._outbox.append(_Outgoing(self._event_number, data))
         self._notify()
 
-    def _log_overflow(self, lost: _Outgoing) -> None:
+    def _log_overflow(self, lost: Outgoing) -> None:
         now = time.monotonic()
         if now - self._last_overflow_log < 5.0:
             return
@@ -454,7 +363,7 @@ class Publisher:
         log.error(
             "EVENT OUTBOX FULL (%d events, Redis %s unreachable): dropping the oldest events; "
             "%d lost so far, latest %s. Raise redis.outbox_size or restore Redis.",
-            self.outbox_size, redact(self.url), self._stats.outbox_overflow,
+            self._outbox.size, redact(self.url), self._stats.outbox_overflow,
             lost.payload[:120].decode(errors="replace"),
         )
 
@@ -532,9 +441,9 @@ class Publisher:
         # Loaded once per connection and then called by sha: a pipeline holding registered
         # scripts would ask SCRIPT EXISTS before every execute, a second round trip per tick.
         async with asyncio.timeout(self.socket_timeout_s):
-            for name, source in (("write_event", _WRITE_EVENT), ("publish_many", _PUBLISH_MANY)):
+            for name, source in (("write_event", WRITE_EVENT), ("publish_many", PUBLISH_MANY)):
                 self._shas[name] = _text(await client.script_load(source))
-        self._release_service = client.register_script(_RELEASE_SERVICE)
+        self._release_service = client.register_script(RELEASE_SERVICE)
         if self._stats.last_error is not None:
             self._stats.reconnects += 1
             log.warning("Redis %s is back; replaying %d event(s)", redact(self.url),
@@ -591,7 +500,7 @@ class Publisher:
         client = self._client
         assert client is not None
         with self._lock:
-            events = [self._outbox[i] for i in range(min(len(self._outbox), MAX_EVENTS_PER_TICK))]
+            events = self._outbox.head(MAX_EVENTS_PER_TICK)
             evidence = list(self._evidence.items())
             states, self._state = self._state, {}
             latest, state_covers = self._due_state(states)
@@ -602,7 +511,7 @@ class Publisher:
             return False
         state_writes: dict[str, dict[str, str | int | float]] = {}
         for stream, (result, epoch, published_at) in latest.items():
-            state_writes[stream] = _state_fields(result, epoch, published_at)
+            state_writes[stream] = encoding.state_fields(result, epoch, published_at)
         for stream, fields in states.items():
             # Status changes (online, offline, fps) win over the scores of the same tick.
             state_writes.setdefault(stream, {}).update(fields)
@@ -662,7 +571,7 @@ class Publisher:
     def _settle(
         self,
         evidence: list[tuple[str, bytes]],
-        events: list[_Outgoing],
+        events: list[Outgoing],
         replies: list[Any],
     ) -> Exception | None:
         """Account for the replies; the first event write that failed, if any."""
@@ -690,21 +599,12 @@ class Publisher:
                     self._stats.events_deduplicated += 1
                 else:
                     self._stats.events_written += 1
-            while self._outbox and self._outbox[0].number <= written:
-                self._outbox.popleft()
+            self._outbox.settle(written)
         return failure
 
     def _service_value(self) -> bytes:
-        return orjson.dumps(
-            {
-                "instance": self.instance,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "version": _package_version(),
-                "started_at": self._started_at,
-                "renewed_at": self._clock(),
-                "streams": sorted(self._online),
-            }
+        return encoding.service_value(
+            self.instance, self._started_at, self._clock(), sorted(self._online)
         )
 
 
@@ -712,33 +612,3 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _faces(result: ScoreResult) -> list[dict[str, Any]]:
-    # Plain dicts: orjson writes them about three times faster than the dataclasses.
-    return [
-        {"track": f.track, "box": f.box, "det_score": f.det_score, "p_fake": f.p_fake,
-         "p_rolling": f.p_rolling}
-        for f in result.faces
-    ]
-
-
-def _state_fields(result: ScoreResult, epoch: int, published_at: float) -> dict[str, Any]:
-    return {
-        "seq": result.seq,
-        "epoch": epoch,
-        "pts": result.pts,
-        "captured_at": result.captured_at,
-        "published_at": published_at,
-        "p_stream": "" if result.p_stream is None else result.p_stream,
-        "state": result.state.value,
-        "alert": result.alert_id or "",
-        "config_version": result.config_version,
-        "faces": orjson.dumps(_faces(result), option=_JSON_OPTS),
-        "updated_at": published_at,
-    }
-
-
-def _package_version() -> str:
-    try:
-        return dist_version("dfstream")
-    except PackageNotFoundError:
-        return "unknown"
