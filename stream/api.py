@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stream.config import STREAM_ID_PATTERN, StreamSpec
-from stream.redis_contract import redact
+from stream.sources.urls import redact
 from stream.thresholds import ThresholdError, ThresholdUpdate
 
 if TYPE_CHECKING:

@@ -6,13 +6,14 @@ watch`` and the API can never disagree about them. All names start with the conf
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from stream.sources.urls import redact
 
 SCHEMA_VERSION = 1
 """``v`` of every published message; raised only for changes a subscriber must know about."""
@@ -78,13 +79,7 @@ class RedisKeys:
         return f"{self.prefix}outbox:{publisher}"
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
-    url = re.sub(r"(://[^:/@?]*:)[^@/?]*@", r"\1***@", url)
-    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
-
-
-def check_url(url: str) -> str:
+def check_redis_url(url: str) -> str:
     scheme = urlsplit(url).scheme
     if scheme not in URL_SCHEMES:
         raise RedisUrlError(
@@ -104,7 +99,7 @@ def connect(
     that bounds a whole pipeline itself: a timer per reply costs as much as the reply.
     """
     return aioredis.Redis.from_url(
-        check_url(url),
+        check_redis_url(url),
         socket_timeout=timeout_s if per_reply_timeout else None,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
@@ -123,4 +118,4 @@ def resolve_url(option: str | None, configured: str | None) -> str:
             "no Redis URL: pass --redis-url redis://HOST:6379/0 (or rediss://, unix://), or set "
             "DFSTREAM_REDIS__URL, or redis.url in the config file"
         )
-    return check_url(url)
+    return check_redis_url(url)

@@ -28,12 +28,12 @@ from stream.config import Settings, StreamSpec
 from stream.metrics import ServiceMetrics
 from stream.pipeline import Pipeline
 from stream.publish.publisher import Publisher
-from stream.redis_contract import RedisKeys, connect, redact
+from stream.redis_contract import RedisKeys, connect
 from stream.redis_server import EmbeddedRedis
 from stream.scoring import StreamScoring
-from stream.sources.base import DropCause, SourceStatus
+from stream.sources.base import DropCause
 from stream.sources.pyav import PyAVSource
-from stream.sources.urls import UrlRefused, check_url
+from stream.sources.urls import UrlRefused, check_url, redact
 from stream.thresholds import (
     ThresholdError,
     ThresholdListener,
@@ -44,13 +44,6 @@ from stream.thresholds import (
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 1.0
-SOURCE_TO_STATE_STATUS = {
-    SourceStatus.CONNECTING: "connecting",
-    SourceStatus.LIVE: "online",
-    SourceStatus.RECONNECTING: "reconnecting",
-    SourceStatus.STOPPED: "offline",
-    SourceStatus.FAILED: "failed",
-}
 
 
 class Service:
@@ -256,7 +249,7 @@ class Service:
         return {
             "id": stream_id,
             "url": stats.url,
-            "status": SOURCE_TO_STATE_STATUS[stats.status],
+            "status": stats.status.stream_status,
             "source_status": stats.status.value,
             "last_error": slot.last_error or stats.last_error,
             "reconnects": stats.reconnects,
@@ -326,7 +319,7 @@ class Service:
                 self._superseded[source.stream_id] = superseded
                 self.publisher.stream_status(
                     source.stream_id,
-                    SOURCE_TO_STATE_STATUS[source.status],
+                    source.status.stream_status,
                     fps_in=source.fps_in,
                     fps_analysed=slot.analysed_fps(),
                     fps_dropped=max(0, superseded - previous) / STATUS_INTERVAL_S,

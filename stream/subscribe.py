@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from stream.backoff import Backoff
-from stream.redis_contract import RedisKeys, connect, redact
+from stream.redis_contract import RedisKeys, connect
+from stream.sources.urls import redact
 
 log = logging.getLogger("dfstream.subscribe")
 

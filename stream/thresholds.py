@@ -35,8 +35,9 @@ from redis.exceptions import RedisError
 
 from stream.backoff import Backoff
 from stream.config import STREAM_ID_PATTERN, Settings, Thresholds
-from stream.redis_contract import RedisKeys, connect, redact
+from stream.redis_contract import RedisKeys, connect
 from stream.scoring import StreamScoring
+from stream.sources.urls import redact
 
 log = logging.getLogger("dfstream.thresholds")
 

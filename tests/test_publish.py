@@ -509,7 +509,7 @@ async def test_liveness_key_is_renewed_and_from_settings(
 
 
 def test_log_lines_never_show_the_password(caplog: pytest.LogCaptureFixture) -> None:
-    from stream.redis_contract import redact
+    from stream.sources.urls import redact
 
     caplog.set_level(logging.INFO)
     assert redact("redis://user:hunter2@host:6379/0") == "redis://user:***@host:6379/0"

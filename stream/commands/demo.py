@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.commands.watch import STATUS_STYLE
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -540,8 +541,7 @@ def _view(
                    "p_stream", "state", "error"):
         table.add_column(column, overflow="fold")
     for s in streams if streams is not None else service.list_streams():
-        status_style = {"online": "green", "failed": "red", "offline": "dim"}.get(
-            s["status"], "yellow")
+        status_style = STATUS_STYLE.get(s["status"], "yellow")
         p = s["p_stream"]
         state_style = "bold white on red" if s["state"] == "alert" else "green"
         table.add_row(

@@ -15,7 +15,8 @@ from rich.table import Table
 
 from stream.cli import ConfigOption, app, fail, settings_or_exit
 from stream.config import Settings
-from stream.redis_contract import RedisUrlError, connect, redact, resolve_url
+from stream.redis_contract import RedisUrlError, connect, resolve_url
+from stream.sources.urls import redact
 
 thresholds_app = typer.Typer(
     help="Live thresholds: read and change them in Redis; a running service applies a change "

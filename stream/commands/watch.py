@@ -23,11 +23,15 @@ from rich.table import Table
 from rich.text import Text
 
 from stream.cli import ConfigOption, app, fail, settings_or_exit
-from stream.redis_contract import RedisKeys, RedisUrlError, connect, redact, resolve_url
+from stream.redis_contract import RedisKeys, RedisUrlError, connect, resolve_url
+from stream.sources.base import StreamStatus
+from stream.sources.urls import redact
 from stream.subscribe import EventFeed, StreamEvent
 
 STATE_STYLE = {"alert": "bold white on red", "clear": "green"}
-STATUS_STYLE = {"online": "green", "offline": "dim", "reconnecting": "yellow"}
+STATUS_STYLE: dict[str, str] = {StreamStatus.ONLINE: "green", StreamStatus.OFFLINE: "dim",
+                StreamStatus.RECONNECTING: "yellow", StreamStatus.CONNECTING: "yellow",
+                StreamStatus.FAILED: "red"}
 
 
 def _text(value: bytes | str) -> str:

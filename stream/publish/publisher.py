@@ -45,8 +45,10 @@ from stream.config import RedisSettings
 from stream.publish import encoding
 from stream.publish.outbox import Outbox, Outgoing
 from stream.publish.scripts import PUBLISH_MANY, RELEASE_SERVICE, WRITE_EVENT
-from stream.redis_contract import RedisKeys, connect, redact
+from stream.redis_contract import RedisKeys, connect
 from stream.scoring import AlertEvent, ScoreResult
+from stream.sources.base import StreamStatus
+from stream.sources.urls import redact
 
 log = logging.getLogger("dfstream.publish")
 
@@ -244,10 +246,10 @@ class Publisher:
         self._epochs[stream] = epoch
         self._online.add(stream)
         self._service_due = 0.0  # the liveness value lists the streams: refresh it
-        self._queue_state(stream, {"status": "online", "epoch": epoch})
+        self._queue_state(stream, {"status": StreamStatus.ONLINE, "epoch": epoch})
         shown_url = redact(url) if url is not None else None  # camera passwords stay out of Redis
         self._queue_event(
-            self._stream_event("stream.online", stream, status="online", url=shown_url)
+            self._stream_event("stream.online", stream, status=StreamStatus.ONLINE, url=shown_url)
         )
 
     def stream_offline(
@@ -262,9 +264,9 @@ class Publisher:
             self._queue_event(self._alert_event(event, epoch))
         self._online.discard(stream)
         self._service_due = 0.0
-        self._queue_state(stream, {"status": "offline", "state": "clear", "alert": ""})
+        self._queue_state(stream, {"status": StreamStatus.OFFLINE, "state": "clear", "alert": ""})
         self._queue_event(
-            self._stream_event("stream.offline", stream, status="offline", reason=reason)
+            self._stream_event("stream.offline", stream, status=StreamStatus.OFFLINE, reason=reason)
         )
 
     def stream_status(

@@ -22,12 +22,38 @@ if TYPE_CHECKING:
     import av
 
 
+class StreamStatus(StrEnum):
+    """A stream's status in the one vocabulary of the state hash, events, API and dashboard."""
+
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    RECONNECTING = "reconnecting"
+    OFFLINE = "offline"
+    FAILED = "failed"
+
+
 class SourceStatus(StrEnum):
+    """A source's own lifecycle (``live``: frames arrive; ``stopped``: ended or stopped)."""
+
     CONNECTING = "connecting"
     LIVE = "live"
     RECONNECTING = "reconnecting"
     STOPPED = "stopped"
     FAILED = "failed"
+
+    @property
+    def stream_status(self) -> StreamStatus:
+        """What the state hash and the API say of a stream whose source is in this state."""
+        return _STREAM_STATUS[self]
+
+
+_STREAM_STATUS = {
+    SourceStatus.CONNECTING: StreamStatus.CONNECTING,
+    SourceStatus.LIVE: StreamStatus.ONLINE,
+    SourceStatus.RECONNECTING: StreamStatus.RECONNECTING,
+    SourceStatus.STOPPED: StreamStatus.OFFLINE,
+    SourceStatus.FAILED: StreamStatus.FAILED,
+}
 
 
 class DropCause(StrEnum):

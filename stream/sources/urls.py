@@ -63,9 +63,15 @@ def ffmpeg_scheme(url: str) -> str:
     return "file"
 
 
+_PASSWORD_PARAMETER = re.compile(r"(?i)([?&]password=)[^&\s]*")
+
+
 def redact(text: str) -> str:
-    """``text`` with the password of any ``scheme://user:password@`` replaced by ``***``."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    """``text`` with every URL password replaced by ``***``: the ``user:password@`` of any
+    ``scheme://`` (stream and Redis URLs alike) and a ``password=`` query parameter. The one
+    redaction for logs, errors, the API and Redis."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _PASSWORD_PARAMETER.sub(r"\1***", text)
 
 
 def check_url(url: str, settings: IngestSettings) -> SourceTarget:
