@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stream.config import STREAM_ID_PATTERN, StreamSpec
+from stream.config import StreamSpec
 from stream.sources.urls import redact
 from stream.thresholds import ThresholdError, ThresholdUpdate
 
@@ -94,17 +93,6 @@ class BodyLimit:
             "headers": [(b"content-type", b"application/json")],
         })
         await send({"type": "http.response.body", "body": body})
-
-
-class StreamIn(BaseModel):
-    """A stream to add: its id (used in Redis keys) and its URL."""
-
-    id: str = Field(..., pattern=STREAM_ID_PATTERN)
-    url: str = Field(..., min_length=1, max_length=4096)
-    analysis_fps: float | None = Field(None, gt=0, le=240)
-    watchdog_s: float | None = Field(None, gt=0, le=3600)
-    realtime: bool = True
-    loop: bool = False
 
 
 def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
@@ -194,13 +182,11 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         return service.list_streams()
 
     @app.post("/api/streams", status_code=201, tags=["streams"])
-    async def add_stream(body: StreamIn) -> dict[str, Any]:
-        """Start analysing a stream. The URL must use an allowed scheme."""
+    async def add_stream(spec: StreamSpec) -> dict[str, Any]:
+        """Start analysing a stream (the fields of a configured stream: id, url, ...). The URL
+        must use an allowed scheme."""
         try:
-            spec = StreamSpec(**body.model_dump())
             return await service.add_stream(spec)
-        except ValidationError as exc:
-            raise HTTPException(422, detail=exc.errors(include_url=False)) from None
         except KeyError as exc:
             raise HTTPException(409, detail=str(exc.args[0])) from None
         except ValueError as exc:
