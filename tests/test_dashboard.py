@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from stream.redis_server import EmbeddedRedis
-from tests.support.rtsp import RtspServer
+from stream.rtsp_camera import RtspCamera
 from tests.support.service import ServiceServer, long_face_video, service_settings
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def module_redis() -> Iterator[EmbeddedRedis]:
 def running(
     module_redis: EmbeddedRedis, media_dir: Path, retinaface_weights: Path
 ) -> Iterator[ServiceServer]:
-    with RtspServer(long_face_video(media_dir)) as rtsp:
+    with RtspCamera(long_face_video(media_dir)) as rtsp:
         settings = service_settings(
             module_redis.url,
             redis={"prefix": "dash:", "reconnect_base_s": 0.1, "reconnect_cap_s": 0.5},

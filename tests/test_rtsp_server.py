@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.support.rtsp import SERVER_SCRIPT, SYSTEM_PYTHON, RtspServer
+from stream.rtsp_camera import SERVER_SCRIPT, SYSTEM_PYTHON, RtspCamera
 
 FPS = 30
 READ_OPTIONS = {"rtsp_transport": "tcp", "timeout": "5000000"}
@@ -55,7 +55,7 @@ def assert_seamless(pts: list[int], time_base: Fraction) -> None:
 
 
 def test_looped_file_never_ends_and_pts_keep_rising(one_second: Path) -> None:
-    with RtspServer(one_second) as server:
+    with RtspCamera(one_second) as server:
         pts, time_base, ended = read_pts(server.url, until_s=2.5)
     assert not ended
     assert (pts[-1] - pts[0]) * time_base >= 2.5  # past two seams of the 1 s file
@@ -64,7 +64,7 @@ def test_looped_file_never_ends_and_pts_keep_rising(one_second: Path) -> None:
 
 
 def test_a_client_joining_later_does_not_rewind_the_first(one_second: Path) -> None:
-    with RtspServer(one_second) as server:
+    with RtspCamera(one_second) as server:
         first_reading = threading.Event()
         results: dict[str, tuple[list[int], Fraction, bool]] = {}
 
@@ -83,7 +83,7 @@ def test_a_client_joining_later_does_not_rewind_the_first(one_second: Path) -> N
 
 
 def test_no_loop_ends_the_stream_with_the_file(one_second: Path) -> None:
-    with RtspServer(one_second, loop=False) as server:
+    with RtspCamera(one_second, loop=False) as server:
         pts, time_base, ended = read_pts(server.url, until_s=None)
     assert ended
     assert FPS // 2 <= len(pts) <= FPS

@@ -27,7 +27,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.redis_server import EmbeddedRedis, free_tcp_port
-from tests.support.rtsp import RtspServer
+from stream.rtsp_camera import RtspCamera
 from tests.support.service import (
     TEST_INGEST,
     ServiceServer,
@@ -60,8 +60,8 @@ def module_redis() -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture(scope="module")
-def rtsp(face_media: Path) -> Iterator[dict[str, RtspServer]]:
-    servers = {stream: RtspServer(face_media).start() for stream in STREAMS}
+def rtsp(face_media: Path) -> Iterator[dict[str, RtspCamera]]:
+    servers = {stream: RtspCamera(face_media).start() for stream in STREAMS}
     yield servers
     for server in servers.values():
         server.stop()
@@ -69,7 +69,7 @@ def rtsp(face_media: Path) -> Iterator[dict[str, RtspServer]]:
 
 @pytest.fixture(scope="module")
 def running(
-    module_redis: EmbeddedRedis, rtsp: dict[str, RtspServer], retinaface_weights: Path
+    module_redis: EmbeddedRedis, rtsp: dict[str, RtspCamera], retinaface_weights: Path
 ) -> Iterator[ServiceServer]:
     settings = service_settings(
         module_redis.url,
@@ -164,7 +164,7 @@ def test_three_streams_flow_to_redis_with_increasing_seq(
 
 
 def test_stream_added_and_removed_through_the_api(
-    api: httpx.Client, rtsp: dict[str, RtspServer], rdb: redis.Redis
+    api: httpx.Client, rtsp: dict[str, RtspCamera], rdb: redis.Redis
 ) -> None:
     url = rtsp["cam0"].url  # a second client of cam0's shared media
     created = api.post("/api/streams", json={"id": "extra", "url": url, "analysis_fps": 4})
@@ -216,14 +216,14 @@ def test_refused_url_schemes_get_422(api: httpx.Client, url: str) -> None:
     assert api.get("/api/streams/sneaky").status_code == 404
 
 
-def test_bad_stream_ids_get_422(api: httpx.Client, rtsp: dict[str, RtspServer]) -> None:
+def test_bad_stream_ids_get_422(api: httpx.Client, rtsp: dict[str, RtspCamera]) -> None:
     for bad in ("", "has space", "a/b", "x" * 300):
         response = api.post("/api/streams", json={"id": bad, "url": rtsp["cam0"].url})
         assert response.status_code == 422, (bad, response.text)
 
 
 def test_streams_commands_against_the_running_server(
-    running: ServiceServer, rtsp: dict[str, RtspServer]
+    running: ServiceServer, rtsp: dict[str, RtspCamera]
 ) -> None:
     common = ["--api", running.url, "--token", TOKEN]
     added = dfstream("streams", "add", "cli-cam", rtsp["cam1"].url, "--fps", "3", *common,
@@ -248,7 +248,7 @@ def test_streams_commands_against_the_running_server(
 
 
 def test_a_killed_stream_leaves_the_others_flowing(
-    api: httpx.Client, rtsp: dict[str, RtspServer]
+    api: httpx.Client, rtsp: dict[str, RtspCamera]
 ) -> None:
     others = ("cam0", "cam1")
     window_s = 2.5
@@ -493,7 +493,7 @@ def test_live_feed_keeps_going_through_quiet_spells(
 
 
 def test_sigterm_shuts_down_cleanly_with_no_event_lost(
-    tmp_path: Path, module_redis: EmbeddedRedis, rtsp: dict[str, RtspServer], rdb: redis.Redis,
+    tmp_path: Path, module_redis: EmbeddedRedis, rtsp: dict[str, RtspCamera], rdb: redis.Redis,
     retinaface_weights: Path,
 ) -> None:
     prefix = "sigterm:"
@@ -648,7 +648,7 @@ def test_readyz_follows_engines_and_redis(
 
 
 def test_configured_streams_wait_for_redis_at_start(
-    rtsp: dict[str, RtspServer], retinaface_weights: Path
+    rtsp: dict[str, RtspCamera], retinaface_weights: Path
 ) -> None:
     """Redis down at start-up: the service starts, and its streams start once Redis answers
     (with a real fencing epoch, not a made-up one)."""

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from stream.rtsp_camera import RtspCamera
 from stream.samples import write_face_video
 from stream.sources.base import Frame
 from stream.sources.pyav import PyAVSource
-from tests.support.rtsp import RtspServer
 from tests.support.sources import collect, fast_ingest, wait_for
 from tests.support.tcp import SilentTcpServer
 
@@ -28,13 +28,13 @@ def live_media(media_dir: Path) -> Path:
 
 
 @pytest.fixture()
-def rtsp(live_media: Path) -> Iterator[RtspServer]:
-    server = RtspServer(live_media).start()
+def rtsp(live_media: Path) -> Iterator[RtspCamera]:
+    server = RtspCamera(live_media).start()
     yield server
     server.stop()
 
 
-def signal_server(server: RtspServer, sig: signal.Signals) -> None:
+def signal_server(server: RtspCamera, sig: signal.Signals) -> None:
     process = server._process
     assert process is not None
     os.kill(process.pid, sig)
@@ -45,7 +45,7 @@ def assert_monotonic(frames: list[Frame]) -> None:
     assert all(b.pts > a.pts for a, b in itertools.pairwise(frames))
 
 
-def test_server_restart_reconnects_with_backoff(rtsp: RtspServer) -> None:
+def test_server_restart_reconnects_with_backoff(rtsp: RtspCamera) -> None:
     settings = fast_ingest(reconnect_base_s=0.2, reconnect_cap_s=1.0)
     source = PyAVSource("cam", rtsp.url, settings)
     source.start()
@@ -71,7 +71,7 @@ def test_server_restart_reconnects_with_backoff(rtsp: RtspServer) -> None:
     assert source.threads_alive() == 0
 
 
-def test_paused_server_trips_the_watchdog(rtsp: RtspServer) -> None:
+def test_paused_server_trips_the_watchdog(rtsp: RtspCamera) -> None:
     # The read timeout (4 s) is well above the watchdog's 1 s: the watchdog must act first.
     settings = fast_ingest(watchdog_s=1.0, open_timeout_s=1.5, read_timeout_s=4.0,
                            reconnect_base_s=0.1, reconnect_cap_s=0.5)
@@ -98,7 +98,7 @@ def test_paused_server_trips_the_watchdog(rtsp: RtspServer) -> None:
     assert source.threads_alive() == 0  # the abandoned reader ended too
 
 
-def test_a_dead_stream_does_not_delay_another(rtsp: RtspServer) -> None:
+def test_a_dead_stream_does_not_delay_another(rtsp: RtspCamera) -> None:
     landed = threading.Event()
     with SilentTcpServer() as dead_server:
         settings = fast_ingest(open_timeout_s=3.0, read_timeout_s=3.0)

@@ -8,7 +8,7 @@ import av
 import redis
 
 from stream.redis_server import EmbeddedRedis, RedisServerError
-from tests.support.rtsp import RtspServer
+from stream.rtsp_camera import RtspCamera
 
 
 def test_redis_server_answers(redis_url: str) -> None:
@@ -42,7 +42,7 @@ def test_embedded_redis_missing_binary_is_a_clear_error() -> None:
 
 
 def test_rtsp_server_serves_a_pyav_file(face_video_360p: Path) -> None:
-    with RtspServer(face_video_360p) as server:
+    with RtspCamera(face_video_360p) as server:
         with av.open(server.url, options={"rtsp_transport": "tcp", "timeout": "5000000"}) as c:
             frames = 0
             for _ in c.decode(video=0):

@@ -17,10 +17,8 @@ import contextlib
 import json
 import logging
 import os
-import select
 import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -34,6 +32,7 @@ import typer
 
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
 from stream.commands.watch import STATUS_STYLE
+from stream.rtsp_camera import RtspCamera, RtspCameraError
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -43,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dfstream.demo")
 
-SYSTEM_PYTHON = "/usr/bin/python3"
-RTSP_SERVER = Path(__file__).resolve().parents[2] / "scripts" / "rtsp_server.py"
 RTSP_PATH = "/demo"
 
 
@@ -87,60 +84,6 @@ def sample_video(sample: Sample = Sample()) -> tuple[Path, bool]:
             partial.unlink(missing_ok=True)
             problems.append(f"{directory}: {exc}")
     raise fail("cannot write the sample video: " + "; ".join(problems))
-
-
-class RtspCamera:
-    """scripts/rtsp_server.py serving ``media`` in a loop, in its own session so that a Ctrl-C
-    meant for the demo does not cut the camera off before the graceful shutdown."""
-
-    def __init__(self, media: Path) -> None:
-        from stream.redis_server import free_tcp_port
-
-        self.media = media
-        self.port = free_tcp_port()
-        self.url = f"rtsp://127.0.0.1:{self.port}{RTSP_PATH}"
-        self._process: subprocess.Popen[str] | None = None
-
-    def start(self, timeout_s: float = 20.0) -> RtspCamera:
-        if not RTSP_SERVER.is_file() or not Path(SYSTEM_PYTHON).exists():
-            raise fail(f"the demo needs {RTSP_SERVER} and {SYSTEM_PYTHON} with GStreamer's RTSP "
-                       "server (run it from the repository: `make demo` installs what it needs)")
-        process = subprocess.Popen(
-            [SYSTEM_PYTHON, str(RTSP_SERVER), str(self.media), "--port", str(self.port),
-             "--path", RTSP_PATH],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        self._process = process
-        assert process.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                err = process.stderr.read().strip() if process.stderr else ""
-                code = process.returncode
-                self.stop()
-                hint = "" if code == 2 else (  # 2: the server refused the file, and said why
-                    " (GStreamer's RTSP server packages missing? `make demo` installs them)")
-                raise fail(f"the RTSP server did not start: {err or f'exit {code}'}{hint}")
-            ready, _, _ = select.select([process.stdout], [], [], 0.1)
-            if ready and process.stdout.readline().startswith("READY"):
-                return self
-        self.stop()
-        raise fail(f"the RTSP server did not answer within {timeout_s:g} s")
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for pipe in (process.stdout, process.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 @dataclass
@@ -327,7 +270,10 @@ def demo(
                 media, cached = sample_video()
             console.print(f"[dim]sample video: {media}{' (cached)' if cached else ''}[/dim]",
                           soft_wrap=True)
-        camera = RtspCamera(media).start()
+        try:
+            camera = RtspCamera(media, path=RTSP_PATH).start()
+        except RtspCameraError as exc:
+            raise fail(str(exc)) from None
         console.print(f"[dim]camera: {camera.url} (GStreamer RTSP server, looping)[/dim]",
                       soft_wrap=True)
         redis_url = settings.redis.url
