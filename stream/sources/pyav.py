@@ -14,6 +14,9 @@ in a latest-frame mailbox. Around it:
 - only the frames analysis will take are decoded where that is exact (``decodeplan.py`` and
   FFmpeg's ``skip_frame=nonref``), and none is converted here: ``Frame`` converts lazily.
 
+The decode loop itself is ``session.DecodeSession``; it reports through ``_Report``, the narrow
+sink that applies what it says under this source's lock.
+
 Nothing a stream does raises out of this class: errors land in ``stats()``.
 """
 
@@ -24,47 +27,24 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import Enum
-from fractions import Fraction
-from typing import TYPE_CHECKING
 
 import av
 
 from stream.backoff import Backoff
 from stream.config import IngestSettings, StreamSpec
 from stream.sources.base import DropCause, Frame, FrameCallback, SourceStats, SourceStatus
-from stream.sources.decodeplan import PLANNED_CODECS, DecodePlanner, NalUnits
 from stream.sources.failures import SourceFailure, classify
 from stream.sources.mailbox import LatestFrameMailbox
 from stream.sources.rates import RateMeter
 from stream.sources.sampling import FpsCap, MediaClock, RealtimePacer
+from stream.sources.session import DecodeSession, End, last_error
 from stream.sources.urls import SourceTarget, UrlRefused, check_url, redact
 from stream.sources.watchdog import WATCHDOG, Watchdog
-
-if TYPE_CHECKING:
-    from av.container import InputContainer
-    from av.video.codeccontext import VideoCodecContext
-    from av.video.stream import VideoStream
 
 log = logging.getLogger(__name__)
 
 STABLE_AFTER_S = 10.0
 """A session live this long resets the backoff: the next failure retries at the base delay."""
-
-MAX_DECODE_ERRORS_IN_A_ROW = 100
-"""More undecodable packets in a row than this and the stream counts as broken."""
-
-
-class _End(Enum):
-    EOF = "eof"
-    ABANDONED = "abandoned"
-
-
-DECODE_THREAD_TYPE = "SLICE"
-"""Decoders never use frame threads: with PyAV's FFmpeg log callback on (set process-wide by
-``_enable_ffmpeg_error_log``), a frame-threaded decoder can deadlock when its context is freed
-while its workers wait for the GIL to log (PyAV issues #751 and #909)."""
-
 
 def _enable_ffmpeg_error_log() -> None:
     # PyAV discards FFmpeg's log by default, and with it the reason behind most errors
@@ -154,7 +134,9 @@ class PyAVSource:
         self._frames_in = 0
         self._frames_decoded = 0
         self._frames_delivered = 0
-        self._dropped = {cause: 0 for cause in DropCause if cause is not DropCause.SUPERSEDED}
+        self._dropped: dict[DropCause, int] = {
+            cause: 0 for cause in DropCause if cause is not DropCause.SUPERSEDED
+        }
         self._decode_errors = 0
         self._reconnects = 0
         self._watchdog_trips = 0
@@ -356,9 +338,9 @@ class PyAVSource:
                 failure = None
             except SourceFailure as exc:
                 end, failure = None, exc
-            if end is _End.ABANDONED:
+            if end is End.ABANDONED:
                 return
-            if end is _End.EOF:
+            if end is End.EOF:
                 if target.local and self.loop:
                     delay, looping = 0.0, True
                     continue
@@ -421,7 +403,7 @@ class PyAVSource:
                     self._waiting = False
                     self._last_progress = time.monotonic()
 
-    def _session(self, gen: int, target: SourceTarget) -> _End:
+    def _session(self, gen: int, target: SourceTarget) -> End:
         """Open, read to the end; raises SourceFailure, returns how the session ended."""
         settings = self.settings
         opened_at = time.monotonic()
@@ -437,15 +419,20 @@ class PyAVSource:
                 raise classify(exc, local=target.local, phase="open",
                                timeout_s=settings.open_timeout_s,
                                elapsed_s=time.monotonic() - opened_at,
-                               ffmpeg_log=_last_error(logs)) from exc
+                               ffmpeg_log=last_error(logs)) from exc
             try:
-                return _Session(self, gen, container, logs).run()
+                session = DecodeSession(
+                    container, logs, _Report(self, gen), settings=settings,
+                    analysis_fps=self.analysis_fps, clock=self._clock, cap=self._cap,
+                    local=target.local, realtime=self.realtime,
+                )
+                return session.run()
             except SourceFailure:
                 raise
             except Exception as exc:
                 raise classify(exc, local=target.local, phase="read",
                                timeout_s=settings.read_timeout_s,
-                               ffmpeg_log=_last_error(logs)) from exc
+                               ffmpeg_log=last_error(logs)) from exc
             finally:
                 try:
                     container.close()
@@ -453,216 +440,84 @@ class PyAVSource:
                     log.debug("closing %s failed", self.stream_id, exc_info=True)
 
 
-class _Session:
-    """One open input: demux, plan, decode, sample, deliver. Lives on the reader thread."""
+class _Report:
+    """The ``SessionSink`` of one reader generation: the session's reports, applied to the
+    source under its lock, and ignored once the generation is no longer current."""
 
-    def __init__(
-        self,
-        source: PyAVSource,
-        gen: int,
-        container: InputContainer,
-        logs: list[tuple[int, str, str]],
-    ) -> None:
+    def __init__(self, source: PyAVSource, gen: int) -> None:
         self.source = source
         self.gen = gen
-        self.container = container
-        self.logs = logs
-        assert source._target is not None
-        self.local = source._target.local
-        self.lossless = self.local and not source.realtime
-        self.paced = self.local and source.realtime
-        self.errors_in_a_row = 0
-        self.pending_nonref: list[int] = []
-        self.nonref = False
-        self.last_decoded_t: float | None = None
-        self.guard_gaps = True
-        self.time_base: Fraction | None = None
 
-    # -- setup -------------------------------------------------------------------------------
+    def wanted(self) -> bool:
+        return self.source._current(self.gen)
 
-    def _video_stream(self) -> VideoStream:
-        streams = self.container.streams
-        if not streams.video:
-            found = ", ".join(
-                f"{s.type} ({s.codec_context.name if s.codec_context else 'unknown codec'})"
-                for s in streams
-            ) or "nothing"
-            raise SourceFailure(f"no video stream in the input (found: {found})", permanent=True)
-        return streams.video[0]
-
-    def _codec_context(self, stream: VideoStream) -> VideoCodecContext:
-        settings = self.source.settings
-        ctx = stream.codec_context
-        if ctx is None:
-            raise SourceFailure(
-                "unsupported codec: no decoder for the video stream", permanent=True
-            )
-        if ctx.name not in settings.codecs:
-            raise SourceFailure(
-                f"unsupported codec {ctx.name!r} (allowed: {', '.join(settings.codecs)})",
-                permanent=True,
-            )
-        if ctx.width and ctx.height:
-            self._check_size(ctx.width, ctx.height)
-        ctx.thread_type = DECODE_THREAD_TYPE
-        ctx.thread_count = settings.decode_threads
-        return ctx
-
-    def _check_size(self, width: int, height: int) -> None:
-        settings = self.source.settings
-        if (
-            width < settings.min_side
-            or height < settings.min_side
-            or width * height > settings.max_pixels
-        ):
-            raise SourceFailure(
-                f"frame size {width}x{height} is out of bounds (sides at least "
-                f"{settings.min_side}, at most {settings.max_pixels} pixels)",
-                permanent=True,
-            )
-
-    # -- the loop ----------------------------------------------------------------------------
-
-    def run(self) -> _End:
+    def opened(self, codec: str, width: int, height: int, skipping_nonref: bool) -> bool:
         source = self.source
-        settings = source.settings
-        stream = self._video_stream()
-        ctx = self._codec_context(stream)
-        rate = _frame_rate(stream)
-        sparse = rate is not None and rate >= settings.skip_min_ratio * source.analysis_fps
-        self.nonref = settings.skip_nonref and sparse
-        if self.nonref:
-            ctx.skip_frame = "NONREF"
-        planner: DecodePlanner | None = None
-        in_display_order = ctx.name in PLANNED_CODECS and not ctx.has_b_frames
-        if settings.skip_gop_tail and sparse and in_display_order:
-            planner = DecodePlanner(NalUnits(ctx.name, bytes(ctx.extradata or b"")))
-        # With the planner at work, gaps between decoded frames are by design.
-        self.guard_gaps = planner is None
-        # The pacer keeps its anchor: the media clock runs on across sessions (a looped file
-        # starts again one frame after its last), and after a real pause the pacer re-anchors.
-        source._clock.new_session(1.0 / rate if rate else None)
-        with source._lock:
-            if not source._current(self.gen):
-                return _End.ABANDONED
-            source._ever_opened = True
-            source._session_open = True
-            source._last_progress = time.monotonic()
-            source._codec = ctx.name
-            source._skipping_nonref = self.nonref
-            if ctx.width and ctx.height:
-                source._width, source._height = ctx.width, ctx.height
-        time_base = self.time_base = stream.time_base
-        last_raw: float | None = None
-        for packet in self.container.demux(stream):
-            if not source._current(self.gen):
-                return _End.ABANDONED
-            if packet.size == 0:
-                continue  # the demuxer's end-of-stream marker
-            now = time.monotonic()
-            with source._lock:
-                source._frames_in += 1
-                source._in_rate.mark(now)
-                source._last_progress = now
-            raw = _seconds(packet.pts, time_base)
-            if planner is not None:
-                if raw is not None and last_raw is not None and raw < last_raw:
-                    batch = [*planner.release(), packet]  # reorders after all: decode everything
-                    planner = None
-                    self.guard_gaps = True
-                else:
-                    # No pts: no prediction either, so decode it as if it were kept.
-                    sampled = raw is None or source._cap.would_admit(source._clock.peek(raw))
-                    batch = planner.plan(packet, sampled)
-                    self._count_gop_tail(planner)
-            else:
-                batch = [packet]
-            last_raw = raw
-            for item in batch:
-                if not self._decode(ctx, item):
-                    return _End.ABANDONED
-            if self.logs:
-                self.logs.clear()
-        if planner is not None:
-            planner.end()
-            self._count_gop_tail(planner)
-        if not self._decode(ctx, None):
-            return _End.ABANDONED
-        return _End.EOF
-
-    def _count_gop_tail(self, planner: DecodePlanner) -> None:
-        if planner.skipped:
-            with self.source._lock:
-                self.source._dropped[DropCause.SKIPPED_GOP_TAIL] += planner.skipped
-            planner.skipped = 0
-
-    def _decode(self, ctx: VideoCodecContext, packet: av.Packet | None) -> bool:
-        """Decode one packet (None flushes) and handle its frames; False if abandoned."""
-        if self.nonref and packet is not None and packet.pts is not None:
-            self.pending_nonref.append(packet.pts)
-        started = time.perf_counter()
-        try:
-            frames = ctx.decode(packet)
-        except av.error.EOFError:
-            frames = []
-        except av.error.FFmpegError as exc:
-            self.errors_in_a_row += 1
-            with self.source._lock:
-                self.source._decode_errors += 1
-            if self.errors_in_a_row >= MAX_DECODE_ERRORS_IN_A_ROW:
-                message = _last_error(self.logs) or exc.strerror or type(exc).__name__
-                raise SourceFailure(
-                    f"{self.errors_in_a_row} undecodable packets in a row ({message})",
-                    permanent=self.local,
-                ) from exc
-            return True
-        self.errors_in_a_row = 0
-        decode_s = time.perf_counter() - started
-        return all(self._frame(ctx, frame, decode_s) for frame in frames)
-
-    def _frame(self, ctx: VideoCodecContext, frame: av.VideoFrame, decode_s: float) -> bool:
-        source = self.source
-        if frame.width != source._width or frame.height != source._height:
-            self._check_size(frame.width, frame.height)
-            with source._lock:
-                source._width, source._height = frame.width, frame.height
-        if self.nonref and frame.pts is not None:
-            self._count_skipped_nonref(frame.pts)
-        t = source._clock.advance(_seconds(frame.pts, frame.time_base or self.time_base))
-        too_sparse = (
-            self.last_decoded_t is not None and t - self.last_decoded_t > source._cap.period_s
-        )
-        if self.nonref and self.guard_gaps and too_sparse:
-            # The frames left after skipping are too sparse for the sampling rate.
-            ctx.skip_frame = "DEFAULT"
-            self.nonref = False
-            self.pending_nonref.clear()
-            with source._lock:
-                source._skipping_nonref = False
-        self.last_decoded_t = t
-        now = time.monotonic()
         with source._lock:
             if not source._current(self.gen):
                 return False
+            source._ever_opened = True
+            source._session_open = True
+            source._last_progress = time.monotonic()
+            source._codec = codec
+            source._skipping_nonref = skipping_nonref
+            if width and height:
+                source._width, source._height = width, height
+        return True
+
+    def packet_in(self, now: float) -> None:
+        source = self.source
+        with source._lock:
+            source._frames_in += 1
+            source._in_rate.mark(now)
+            source._last_progress = now
+
+    def count(self, cause: DropCause, n: int = 1) -> None:
+        with self.source._lock:
+            self.source._dropped[cause] += n
+
+    def decode_error(self) -> None:
+        with self.source._lock:
+            self.source._decode_errors += 1
+
+    def resized(self, width: int, height: int) -> None:
+        with self.source._lock:
+            self.source._width, self.source._height = width, height
+
+    def stopped_skipping_nonref(self) -> None:
+        with self.source._lock:
+            self.source._skipping_nonref = False
+
+    def decoded(self, now: float, t: float) -> bool | None:
+        source = self.source
+        with source._lock:
+            if not source._current(self.gen):
+                return None
             source._frames_decoded += 1
             source._last_progress = now
             if source._live_since is None:
                 source._live_since = now
             source._status = SourceStatus.LIVE
-            admitted = source._cap.admit(t)
-            if not admitted:
+            if not source._cap.admit(t):
                 source._dropped[DropCause.FPS_CAP] += 1
-                return True
-        if self.paced:
-            wait = source._pacer.wait_s(t)
-            if wait > 0:
-                with source._waiting_on_purpose(self.gen):
-                    if not source._sleep(self.gen, wait):
-                        return False
-        if self.lossless:
-            with source._waiting_on_purpose(self.gen):
-                if not source._mailbox.wait_free(lambda: not source._current(self.gen)):
-                    return False
+                return False
+        return True
+
+    def pace(self, t: float) -> bool:
+        source = self.source
+        wait = source._pacer.wait_s(t)
+        if wait <= 0:
+            return True
+        with source._waiting_on_purpose(self.gen):
+            return source._sleep(self.gen, wait)
+
+    def wait_for_room(self) -> bool:
+        source = self.source
+        with source._waiting_on_purpose(self.gen):
+            return source._mailbox.wait_free(lambda: not source._current(self.gen))
+
+    def deliver(self, frame: av.VideoFrame, t: float, decode_s: float) -> bool:
+        source = self.source
         with source._lock:
             if not source._current(self.gen):
                 return False
@@ -678,38 +533,3 @@ class _Session:
             except Exception:  # a consumer's bug must not stop the reader
                 log.exception("on_frame callback of %s failed", source.stream_id)
         return True
-
-    def _count_skipped_nonref(self, pts: int) -> None:
-        # Frames leave the decoder in presentation order: a packet whose pts is below this
-        # frame's and that has not come out never will. It was skipped.
-        pending = self.pending_nonref
-        gone = [p for p in pending if p < pts]
-        if gone or pts in pending:
-            self.pending_nonref = [p for p in pending if p > pts]
-        if gone:
-            with self.source._lock:
-                self.source._dropped[DropCause.SKIPPED_NONREF] += len(gone)
-
-
-def _seconds(pts: int | None, time_base: Fraction | None) -> float | None:
-    if pts is None or time_base is None:
-        return None
-    return float(pts * time_base)
-
-
-def _frame_rate(stream: VideoStream) -> float | None:
-    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate:
-            value = float(rate)
-            if 1.0 <= value <= 1000.0:
-                return value
-    return None
-
-
-def _last_error(logs: list[tuple[int, str, str]]) -> str | None:
-    """FFmpeg's own words for the failure: a whitelist refusal (the root cause when it
-    happens, whatever follows from it), else the last error logged."""
-    errors = [m.strip() for level, _, m in logs if level <= av.logging.ERROR and m.strip()]
-    refusals = [m for m in errors if "not on whitelist" in m]
-    chosen = refusals[0] if refusals else (errors[-1] if errors else None)
-    return redact(chosen) if chosen else None

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from stream.sources.base import Frame
-from stream.sources.pyav import DECODE_THREAD_TYPE
+from stream.sources.session import DECODE_THREAD_TYPE
 
 
 class VideoError(ValueError):
