@@ -2,6 +2,15 @@
 
 Bounded: when full, the oldest event goes (the publisher counts and logs it as an incident).
 Not thread-safe on its own: the publisher holds its lock around every call.
+
+Exactly once across reconnects: an event whose write was sent but not acknowledged is sent
+again, so a write must be idempotent. Each publisher numbers its events (1, 2, 3 ...) and writes
+them through a Lua script that, atomically, skips a number at or below the publisher's high-water
+mark, XADDs, moves the mark and PUBLISHes. Explicit stream entry ids would give the same
+guarantee for a single writer, but several workers append to the one events Stream: an entry id
+from one worker's counter or clock can fall below another's latest entry and be refused as if it
+were a duplicate, losing the event. Server-generated ids plus a per-publisher mark have no such
+failure.
 """
 
 from __future__ import annotations

@@ -13,14 +13,7 @@ While Redis is unreachable:
   logged as an error;
 - the writer reconnects with capped, jittered exponential backoff and then replays the outbox.
 
-Exactly once across reconnects: an event whose write was sent but not acknowledged is sent
-again, so a write must be idempotent. Each publisher numbers its events (1, 2, 3 ...) and writes
-them through a Lua script that, atomically, skips a number at or below the publisher's high-water
-mark, XADDs, moves the mark and PUBLISHes. Explicit stream entry ids would give the same
-guarantee for a single writer, but several workers append to the one events Stream: an entry id
-from one worker's counter or clock can fall below another's latest entry and be refused as if it
-were a duplicate, losing the event. Server-generated ids plus a per-publisher mark have no such
-failure.
+Events are written exactly once across reconnects (outbox.py says how).
 """
 
 from __future__ import annotations
@@ -28,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 import time
 import uuid
@@ -45,6 +37,7 @@ from stream.config import RedisSettings
 from stream.publish import encoding
 from stream.publish.outbox import Outbox, Outgoing
 from stream.publish.scripts import PUBLISH_MANY, RELEASE_SERVICE, WRITE_EVENT
+from stream.publish.state import StateWrites
 from stream.redis_contract import RedisKeys, connect
 from stream.scoring import AlertEvent, ScoreResult
 from stream.sources.base import StreamStatus
@@ -126,12 +119,7 @@ class Publisher:
         self._stats = PublisherStats()
 
         self._scores: deque[tuple[str, bytes, float]] = deque()
-        self._state: dict[str, dict[str, str | int | float]] = {}
-        self._latest: dict[str, tuple[ScoreResult, int, float]] = {}
-        self._state_written: dict[str, float] = {}
-        self._state_flush = False
-        self._state_submitted = 0
-        self._state_done = 0
+        self._states = StateWrites(state_interval_s)
         self._channels: dict[str, str] = {}
         self._outbox = Outbox(outbox_size)
         self._lock = threading.Lock()
@@ -187,20 +175,20 @@ class Publisher:
         assert self._progress is not None, "start() the publisher first"
         target_scores = self._scores_submitted
         target_events = self._outbox.last_number
-        target_state = self._state_submitted
+        target_state = self._states.submitted
         deadline = time.monotonic() + timeout_s
         while True:
             with self._lock:
                 oldest = self._outbox.oldest_number()
             events_done = oldest is None or oldest > target_events
             scores_done = self._scores_done >= target_scores
-            state_done = self._state_done >= target_state
+            state_done = self._states.done >= target_state
             if events_done and scores_done and state_done and not self._evidence:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            self._state_flush = True  # write pending state now, whatever its interval
+            self._states.flush_asked = True  # write pending state now, whatever its interval
             self._progress.clear()
             self._notify()
             with contextlib.suppress(TimeoutError):
@@ -303,8 +291,7 @@ class Publisher:
             stream, self.keys.scores(stream)
         )
         with self._lock:
-            self._latest[stream] = (result, epoch, published_at)
-            self._state_submitted += 1
+            self._states.queue_score(stream, (result, epoch, published_at))
             if payload is None:
                 self._stats.scores_dropped += 1
             else:
@@ -341,11 +328,7 @@ class Publisher:
     def _queue_state(self, stream: str, fields: dict[str, str | int | float]) -> None:
         fields["updated_at"] = self._clock()
         with self._lock:
-            pending = self._state.get(stream)
-            if pending is None:
-                self._state[stream] = fields
-            else:
-                pending.update(fields)
+            self._states.queue_fields(stream, fields)
         self._notify()
 
     def _queue_event(self, payload: dict[str, Any]) -> None:
@@ -383,20 +366,10 @@ class Publisher:
     # ----------------------------------------------------------------- the writer
 
     def _has_work(self) -> bool:
-        pending = self._scores or self._state or self._outbox or self._evidence
+        pending = self._scores or self._states.fields or self._outbox or self._evidence
         now = time.monotonic()
         return bool(pending) or (
-            self._stats.connected and (now >= self._service_due or now >= self._state_due())
-        )
-
-    def _state_due(self) -> float:
-        """When the earliest pending score state may be written (inf: none pending)."""
-        if self._state_flush and self._latest:
-            return 0.0
-        written = self._state_written
-        return min(
-            (written.get(stream, -math.inf) + self.state_interval_s for stream in self._latest),
-            default=math.inf,
+            self._stats.connected and (now >= self._service_due or now >= self._states.due_at())
         )
 
     async def _run(self) -> None:
@@ -426,7 +399,7 @@ class Publisher:
             if self._has_work():
                 self._idle = False
                 continue
-            wait_s = max(0.0, min(self._service_due, self._state_due()) - time.monotonic())
+            wait_s = max(0.0, min(self._service_due, self._states.due_at()) - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s)
             self._idle = False
@@ -482,21 +455,6 @@ class Publisher:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
-    def _due_state(
-        self, states: dict[str, dict[str, str | int | float]]
-    ) -> tuple[dict[str, tuple[ScoreResult, int, float]], int | None]:
-        """Take the streams whose state hash is due: its interval has passed, a status change
-        goes with it, or a flush asked for everything. Also the count of published frames the
-        write covers, when it leaves nothing pending. Call with the lock held."""
-        now = time.monotonic()
-        force, self._state_flush = self._state_flush, False
-        due: dict[str, tuple[ScoreResult, int, float]] = {}
-        for stream in list(self._latest):
-            last = self._state_written.get(stream, -math.inf)
-            if force or stream in states or now - last >= self.state_interval_s:
-                due[stream] = self._latest.pop(stream)
-        return due, None if self._latest else self._state_submitted
-
     async def _write_tick(self) -> bool:
         """Send everything pending as one pipeline; False when there was nothing to send."""
         client = self._client
@@ -504,20 +462,13 @@ class Publisher:
         with self._lock:
             events = self._outbox.head(MAX_EVENTS_PER_TICK)
             evidence = list(self._evidence.items())
-            states, self._state = self._state, {}
-            latest, state_covers = self._due_state(states)
+            states, latest, state_covers = self._states.take()
             count = min(len(self._scores), MAX_SCORES_PER_TICK)
             scores = [self._scores.popleft() for _ in range(count)]
         renew = time.monotonic() >= self._service_due
         if not (events or evidence or states or latest or scores or renew):
             return False
-        state_writes: dict[str, dict[str, str | int | float]] = {}
-        for stream, (result, epoch, published_at) in latest.items():
-            state_writes[stream] = encoding.state_fields(result, epoch, published_at)
-        for stream, fields in states.items():
-            # Status changes (online, offline, fps) win over the scores of the same tick.
-            state_writes.setdefault(stream, {}).update(fields)
-
+        state_writes = StateWrites.hashes(states, latest)
         pipe = client.pipeline(transaction=False)
         for event_id, jpeg in evidence:
             pipe.set(self.keys.evidence(event_id), jpeg, ex=self.evidence_ttl_s)
@@ -543,19 +494,13 @@ class Publisher:
             # Unknown whether any of it landed: state goes again (newer fields win), the events
             # stay in the outbox (their writes are idempotent), the scores are lost.
             with self._lock:
-                for stream, fields in states.items():
-                    self._state[stream] = {**fields, **self._state.get(stream, {})}
-                for stream, entry in latest.items():
-                    self._latest.setdefault(stream, entry)
+                self._states.restore(states, latest)
                 self._stats.scores_dropped += len(scores)
                 self._scores_done += len(scores)
             raise
         done = time.perf_counter()
-        written_at = time.monotonic()
-        for stream in latest:
-            self._state_written[stream] = written_at
-        if state_covers is not None:
-            self._state_done = max(self._state_done, state_covers)
+        with self._lock:
+            self._states.written(latest, state_covers)
         failure = self._settle(evidence, events, replies)
         with self._lock:
             self._stats.scores_published += len(scores)
