@@ -497,7 +497,7 @@ async def test_liveness_key_is_renewed_and_from_settings(
     settings = RedisSettings(service_ttl_s=1.0, prefix="df2:", outbox_size=7)
     pub = Publisher.from_settings(settings, redis_url)
     started.append(pub)
-    assert (pub.keys.prefix, pub.outbox_size, pub.service_ttl_s) == ("df2:", 7, 1.0)
+    assert (pub.keys.prefix, pub.config.outbox_size, pub.config.service_ttl_s) == ("df2:", 7, 1.0)
     await pub.start()
     client = aioredis.Redis.from_url(redis_url)
     for _ in range(5):  # 2.5 s, well past the 1 s TTL

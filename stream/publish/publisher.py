@@ -97,31 +97,19 @@ class Publisher:
         its fields (e.g. ``reconnect_base_s``), validated as the section's own."""
         base = settings or RedisSettings()
         config = RedisSettings(**{**base.model_dump(), **overrides}) if overrides else base
-        prefix = config.prefix
-        events_maxlen = config.events_maxlen
-        outbox_size = config.outbox_size
-        evidence_ttl_s = config.evidence_ttl_s
-        service_ttl_s = config.service_ttl_s
-        socket_timeout_s = config.socket_timeout_s
-        state_interval_s = config.state_interval_s
         self.url = url
-        self.keys = RedisKeys(prefix)
+        self.config = config
+        self.keys = RedisKeys(config.prefix)
         self.instance = uuid.uuid4().hex[:16]
-        self.events_maxlen = events_maxlen
-        self.outbox_size = outbox_size
-        self.evidence_ttl_s = evidence_ttl_s
-        self.service_ttl_s = service_ttl_s
-        self.socket_timeout_s = socket_timeout_s
-        self.state_interval_s = state_interval_s
         self._backoff = Backoff(config.reconnect_base_s, config.reconnect_cap_s)
         self._clock = clock
         self._on_latency = on_latency
         self._stats = PublisherStats()
 
         self._scores: deque[tuple[str, bytes, float]] = deque()
-        self._states = StateWrites(state_interval_s)
+        self._states = StateWrites(config.state_interval_s)
         self._channels: dict[str, str] = {}
-        self._outbox = Outbox(outbox_size)
+        self._outbox = Outbox(config.outbox_size)
         self._lock = threading.Lock()
         self._evidence: OrderedDict[str, bytes] = OrderedDict()
         self._epochs: dict[str, int] = {}
@@ -204,7 +192,7 @@ class Publisher:
         flushed = await self.flush(timeout_s)
         if flushed and self._client is not None and self._stats.connected:
             with contextlib.suppress(RedisError, OSError):
-                async with asyncio.timeout(self.socket_timeout_s):
+                async with asyncio.timeout(self.config.socket_timeout_s):
                     await self._release_service(keys=[self.keys.service], args=[self.instance])
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -405,9 +393,9 @@ class Publisher:
             self._idle = False
 
     async def _connect(self) -> None:
-        client = connect(self.url, timeout_s=self.socket_timeout_s, per_reply_timeout=False)
+        client = connect(self.url, timeout_s=self.config.socket_timeout_s, per_reply_timeout=False)
         try:
-            async with asyncio.timeout(self.socket_timeout_s):
+            async with asyncio.timeout(self.config.socket_timeout_s):
                 await client.ping()
         except BaseException:
             await client.aclose()
@@ -415,7 +403,7 @@ class Publisher:
         self._client = client
         # Loaded once per connection and then called by sha: a pipeline holding registered
         # scripts would ask SCRIPT EXISTS before every execute, a second round trip per tick.
-        async with asyncio.timeout(self.socket_timeout_s):
+        async with asyncio.timeout(self.config.socket_timeout_s):
             for name, source in (("write_event", WRITE_EVENT), ("publish_many", PUBLISH_MANY)):
                 self._shas[name] = _text(await client.script_load(source))
         self._release_service = client.register_script(RELEASE_SERVICE)
@@ -471,12 +459,12 @@ class Publisher:
         state_writes = StateWrites.hashes(states, latest)
         pipe = client.pipeline(transaction=False)
         for event_id, jpeg in evidence:
-            pipe.set(self.keys.evidence(event_id), jpeg, ex=self.evidence_ttl_s)
+            pipe.set(self.keys.evidence(event_id), jpeg, ex=self.config.evidence_ttl_s)
         mark = self.keys.outbox_mark(self.instance)
         write_event, publish_many = self._shas["write_event"], self._shas["publish_many"]
         for item in events:
             pipe.evalsha(write_event, 2, self.keys.events, mark, item.number, item.payload,
-                         self.events_maxlen, self.keys.events, OUTBOX_MARK_TTL_S)
+                         self.config.events_maxlen, self.keys.events, OUTBOX_MARK_TTL_S)
         for stream, fields in state_writes.items():
             pipe.hset(self.keys.state(stream), mapping=fields)  # type: ignore[arg-type]
         for first in range(0, len(scores), SCORES_PER_SCRIPT):
@@ -485,10 +473,11 @@ class Publisher:
                 args += (channel, payload)
             pipe.evalsha(publish_many, 0, *args)
         if renew:
-            pipe.set(self.keys.service, self._service_value(), ex=max(1, round(self.service_ttl_s)))
+            ttl = max(1, round(self.config.service_ttl_s))
+            pipe.set(self.keys.service, self._service_value(), ex=ttl)
         try:
             # One deadline for the whole tick (the client has no per-reply timer, see connect).
-            async with asyncio.timeout(self.socket_timeout_s):
+            async with asyncio.timeout(self.config.socket_timeout_s):
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException:
             # Unknown whether any of it landed: state goes again (newer fields win), the events
@@ -506,7 +495,7 @@ class Publisher:
             self._stats.scores_published += len(scores)
             self._scores_done += len(scores)
         if renew:
-            self._service_due = time.monotonic() + self.service_ttl_s / 3
+            self._service_due = time.monotonic() + self.config.service_ttl_s / 3
         if self._on_latency is not None and scores:
             self._on_latency([done - submitted for _, _, submitted in scores])
         if failure is None:
