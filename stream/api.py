@@ -18,6 +18,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
@@ -35,6 +36,27 @@ TOKEN_COOKIE = "dfstream_token"
 LIVE_MAX_HZ_PER_STREAM = 4.0
 LIVE_KEEPALIVE_S = 15.0
 LIVE_RETRY_MS = 3000
+
+
+MAX_ECHOED_INPUT = 200
+
+
+def readable_errors(errors: Any) -> list[dict[str, Any]]:
+    """Validation errors as JSON that always encodes: where, what is wrong, and the input as an
+    ASCII repr (a NaN, an infinity or a lone surrogate there would break the response)."""
+    readable = []
+    for error in errors:
+        shown = ascii(error.get("input"))
+        if len(shown) > MAX_ECHOED_INPUT:
+            shown = shown[:MAX_ECHOED_INPUT] + "..."
+        readable.append({
+            "loc": [ascii(part) if isinstance(part, str) and not part.isascii() else part
+                    for part in error.get("loc", ())],
+            "msg": ascii(str(error.get("msg", "invalid value")))[1:-1],
+            "type": error.get("type"),
+            "input": shown,
+        })
+    return readable
 
 
 def is_loopback(host: str) -> bool:
@@ -127,6 +149,10 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         return JSONResponse(
             {"detail": f"Redis is unreachable, try again: {redact(str(exc))}"}, status_code=503
         )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": readable_errors(exc.errors())}, status_code=422)
 
     @app.middleware("http")
     async def bearer_auth(

@@ -297,6 +297,18 @@ class StreamSpec(Section):
     realtime: bool = Field(True, description="Files: pace as live (True) or decode flat out.")
     loop: bool = Field(False, description="Files: start again at the end.")
 
+    @field_validator("url")
+    @classmethod
+    def _url_is_text(cls, url: str) -> str:
+        try:
+            url.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "the URL holds a character that is not text (a lone surrogate); give it as "
+                "UTF-8 text, with %-escapes where the URL needs them"
+            ) from None
+        return url
+
 
 class Settings(BaseSettings):
     """The root of the configuration."""

@@ -24,6 +24,9 @@ import httpx
 import pytest
 import redis
 import yaml
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.redis_server import EmbeddedRedis, free_tcp_port
@@ -220,6 +223,49 @@ def test_bad_stream_ids_get_422(api: httpx.Client, rtsp: dict[str, RtspCamera]) 
     for bad in ("", "has space", "a/b", "x" * 300):
         response = api.post("/api/streams", json={"id": bad, "url": rtsp["cam0"].url})
         assert response.status_code == 422, (bad, response.text)
+
+
+def test_malformed_bodies_get_a_readable_4xx_never_a_500(
+    api: httpx.Client, rtsp: dict[str, RtspCamera]
+) -> None:
+    loopback = rtsp["cam0"].url
+    bad_numbers = (float("nan"), float("inf"), float("-inf"), 1e309)
+    cases = [("POST", "/api/streams", {"id": "nan", "url": loopback, "analysis_fps": x})
+             for x in bad_numbers]
+    cases += [("PUT", "/api/thresholds", {"enter": x}) for x in bad_numbers]
+    cases.append(("POST", "/api/streams", {"id": "surrogate", "url": "rtsp://h/\ud800"}))
+    for method, path, body in cases:
+        # json.dumps writes NaN and Infinity as Python's json does, as a client might send.
+        raw = json.dumps(body).encode()
+        response = api.request(method, path, content=raw,
+                               headers={"content-type": "application/json"})
+        assert response.status_code == 422, (body, response.text)
+        detail = response.json()["detail"]
+        assert detail and all("msg" in d and "loc" in d for d in detail), detail
+
+
+@hypothesis_settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(
+    st.binary(max_size=300),
+    st.dictionaries(
+        st.sampled_from(["id", "url", "analysis_fps", "watchdog_s", "realtime", "loop",
+                         "enter", "exit", "window_s", "extra"]),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=40),
+                  st.floats(allow_nan=True, allow_infinity=True), st.lists(st.integers())),
+    ).map(lambda d: json.dumps({**d, "url": "not a url: " + str(d.get("url"))}).encode()),
+), route=st.sampled_from([("POST", "/api/streams"), ("PUT", "/api/thresholds"),
+                          ("PUT", "/api/thresholds?stream=nope")]))
+def test_fuzzed_bodies_never_get_a_500(
+    api: httpx.Client, body: bytes, route: tuple[str, str]
+) -> None:
+    method, path = route
+    response = api.request(method, path, content=body,
+                           headers={"content-type": "application/json"})
+    assert response.status_code < 500, (body, response.text)
+    for stream in api.get("/api/streams").json():  # a body that was valid added a stream
+        if stream["id"] not in STREAMS:
+            api.delete(f"/api/streams/{stream['id']}")
 
 
 def test_streams_commands_against_the_running_server(
