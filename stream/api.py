@@ -241,7 +241,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
 
     @app.put("/api/thresholds", tags=["thresholds"])
     async def set_thresholds(update: ThresholdUpdate, stream: str | None = None) -> dict[str, Any]:
-        """Change thresholds live; running scorers apply them at their next frame."""
+        """Change thresholds live; every stream applies them at its next frame."""
         try:
             return await service.set_thresholds(update, stream)
         except ThresholdError as exc:

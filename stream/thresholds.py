@@ -12,7 +12,7 @@ computed from, that the stream is known (a field of the ``{prefix}streams`` hash
 service maintains), raises the version and PUBLISHes ``{"type": "thresholds", ...}`` on
 ``{prefix}control`` -- all or nothing. A bad value is refused before anything is written.
 
-A running service keeps a ``ThresholdListener``; the analysis loop calls ``listener.apply(scorer)``
+A running service keeps a ``ThresholdListener``; the analysis loop calls ``listener.apply(scoring)``
 before each frame, so a change takes effect at the next frame and the events it decides carry
 its version.
 """
@@ -303,7 +303,7 @@ class ThresholdStore:
 
 
 class ThresholdListener:
-    """Keeps a current ``ThresholdBook`` for a running scorer.
+    """Keeps a current ``ThresholdBook`` for the running streams' scoring.
 
     It reads the config at start, again on each announcement on the control channel, and checks
     the version every ``poll_s`` as well, since Pub/Sub loses announcements made while the
@@ -354,10 +354,10 @@ class ThresholdListener:
             thresholds = book.default
         return thresholds, book.version
 
-    def apply(self, scorer: StreamScoring) -> None:
-        """Give ``scorer`` the current thresholds if they changed; cheap enough for every frame."""
-        if scorer.config_version != self.book.version:
-            scorer.set_thresholds(*self.for_stream(scorer.stream))
+    def apply(self, scoring: StreamScoring) -> None:
+        """Give ``scoring`` the current thresholds if they changed; cheap enough for every frame."""
+        if scoring.config_version != self.book.version:
+            scoring.set_thresholds(*self.for_stream(scoring.stream))
 
     async def wait_version(self, version: int, timeout_s: float) -> bool:
         """True once the book has reached ``version``."""

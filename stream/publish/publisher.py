@@ -78,7 +78,8 @@ class PublisherStats:
 
 
 class Publisher:
-    """Publishes what the scorer produces to Redis; see the module docstring for guarantees.
+    """Publishes each stream's scores, state and events to Redis; see the module docstring for
+    the guarantees.
 
     Use ``await start()`` once, then call the non-blocking methods from the analysis loop (any
     thread), and ``await close()`` at shutdown to write offline events and flush the outbox.
