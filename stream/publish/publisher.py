@@ -130,6 +130,9 @@ class Publisher:
         self._progress: asyncio.Event | None = None
         self._idle = False
         self._service_due = 0.0
+        self._service_changes = 0
+        """Bumped whenever the liveness value changes, so that a renewal in flight does not
+        push back a refresh asked for meanwhile."""
         self._started_at = clock()
 
     @classmethod
@@ -222,7 +225,7 @@ class Publisher:
         """The stream is analysed by this process from now on, under fencing ``epoch``."""
         self._epochs[stream] = epoch
         self._online.add(stream)
-        self._service_due = 0.0  # the liveness value lists the streams: refresh it
+        self._refresh_service()  # the liveness value lists the streams
         self._queue_state(stream, {"status": StreamStatus.ONLINE, "epoch": epoch})
         shown_url = redact(url) if url is not None else None  # camera passwords stay out of Redis
         self._queue_event(
@@ -240,7 +243,7 @@ class Publisher:
         for event in final_events:
             self._queue_event(self._alert_event(event, epoch))
         self._online.discard(stream)
-        self._service_due = 0.0
+        self._refresh_service()
         self._queue_state(stream, {"status": StreamStatus.OFFLINE, "state": "clear", "alert": ""})
         self._queue_event(
             self._stream_event("stream.offline", stream, status=StreamStatus.OFFLINE, reason=reason)
@@ -340,6 +343,10 @@ class Publisher:
             self._outbox.size, redact(self.url), self._stats.outbox_overflow,
             lost.payload[:120].decode(errors="replace"),
         )
+
+    def _refresh_service(self) -> None:
+        self._service_changes += 1
+        self._service_due = 0.0
 
     def _notify(self) -> None:
         # Called from any thread; wakes the writer only when it sleeps. The writer marks itself
@@ -455,6 +462,7 @@ class Publisher:
             count = min(len(self._scores), MAX_SCORES_PER_TICK)
             scores = [self._scores.popleft() for _ in range(count)]
         renew = time.monotonic() >= self._service_due
+        service_changes = self._service_changes
         if not (events or evidence or states or latest or scores or renew):
             return False
         state_writes = StateWrites.hashes(states, latest)
@@ -495,7 +503,7 @@ class Publisher:
         with self._lock:
             self._stats.scores_published += len(scores)
             self._scores_done += len(scores)
-        if renew:
+        if renew and self._service_changes == service_changes:
             self._service_due = time.monotonic() + self.config.service_ttl_s / 3
         if self._on_latency is not None and scores:
             self._on_latency([done - submitted for _, _, submitted in scores])
