@@ -20,9 +20,8 @@ import os
 import signal
 import socket
 import tempfile
-import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +30,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
-from stream.commands.watch import STATUS_STYLE
+from stream.commands.demo_view import ScoreProbe, untrained_banner, view
 from stream.rtsp_camera import RtspCamera, RtspCameraError
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
 
     from stream.config import DetectorSettings, Settings
-    from stream.service import Service
 
 log = logging.getLogger("dfstream.demo")
 
@@ -123,78 +120,6 @@ def _on_cuda(device: str) -> bool:
     from engines.devices import resolve_device
 
     return device.startswith("cuda") or resolve_device("auto").type == "cuda"
-
-
-class ScoreProbe(threading.Thread):
-    """A subscriber of its own: every live score message's arrival minus its ``captured_at``,
-    and the live events for the table. A thread, so the service's event loop being busy does
-    not flatter or inflate what a separate subscriber would see."""
-
-    def __init__(self, redis_url: str, prefix: str, recent_events: int = 8) -> None:
-        super().__init__(name="dfstream-demo-probe", daemon=True)
-        from stream.redis_contract import RedisKeys
-
-        self.redis_url = redis_url
-        self.keys = RedisKeys(prefix)
-        self.latencies: list[float] = []
-        self.received: Counter[str] = Counter()
-        self.events: deque[dict[str, Any]] = deque(maxlen=recent_events)
-        self.error: str | None = None
-        self.subscribed = threading.Event()
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-
-    def run(self) -> None:
-        import redis
-
-        client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=5)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.psubscribe(self.keys.scores("*"))
-            pubsub.subscribe(self.keys.events)
-            self.subscribed.set()
-            while not self._stopping.is_set():
-                message = pubsub.get_message(timeout=0.2)
-                if message is None:
-                    continue
-                received_at = time.time()
-                try:
-                    payload = json.loads(message["data"])
-                except ValueError:
-                    continue
-                with self._lock:
-                    if message["type"] == "pmessage":
-                        captured_at = payload.get("captured_at")
-                        if isinstance(captured_at, int | float):
-                            self.latencies.append(received_at - captured_at)
-                        self.received[str(payload.get("stream"))] += 1
-                    else:
-                        self.events.append(payload)
-        except redis.RedisError as exc:
-            self.error = str(exc)
-        finally:
-            self.subscribed.set()
-            pubsub.close()
-            client.close()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join(5)
-
-    def recent(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.events)
-
-    def latency_ms(self) -> dict[str, Any]:
-        import numpy as np
-
-        with self._lock:
-            values = np.array(self.latencies) * 1000.0
-        if not len(values):
-            return {"p50": None, "p99": None, "max": None, "samples": 0}
-        p50, p99 = np.percentile(values, [50, 99])
-        return {"p50": round(float(p50), 1), "p99": round(float(p99), 1),
-                "max": round(float(values.max()), 1), "samples": len(values)}
 
 
 class StopRequest:
@@ -363,7 +288,7 @@ async def _run(run: DemoRun) -> dict[str, Any]:
     probe.start()
     await asyncio.to_thread(probe.subscribed.wait, 10)
     if not info.trained:
-        console.print(_untrained_banner(run.untrained_note))
+        console.print(untrained_banner(run.untrained_note))
     console.print(f"dashboard: {run.dashboard}", soft_wrap=True)
     console.print(f"watch from another shell: dfstream watch --redis-url {run.redis_url}",
                   soft_wrap=True)
@@ -375,7 +300,7 @@ async def _run(run: DemoRun) -> dict[str, Any]:
     startup_s = started - run.began
     snapshot: list[dict[str, Any]] = []
     try:
-        with Live(_view(run, service, probe, 0.0), console=console, refresh_per_second=2,
+        with Live(view(run, service, probe, 0.0), console=console, refresh_per_second=2,
                   transient=False) as live:
             while run.stop.reason is None and not serving.done():
                 elapsed = time.monotonic() - started
@@ -383,10 +308,10 @@ async def _run(run: DemoRun) -> dict[str, Any]:
                     run.stop.reason = "duration"
                     break
                 snapshot = service.list_streams()
-                live.update(_view(run, service, probe, elapsed, snapshot))
+                live.update(view(run, service, probe, elapsed, snapshot))
                 await asyncio.sleep(0.5)
             snapshot = service.list_streams()
-            live.update(_view(run, service, probe, time.monotonic() - started, snapshot))
+            live.update(view(run, service, probe, time.monotonic() - started, snapshot))
         if not console.is_terminal:
             console.line()  # the last rendering of the table ends without one
     finally:
@@ -459,59 +384,3 @@ async def _events_since(run: DemoRun, after: str) -> list[dict[str, Any]]:
         if raw is not None:
             events.append(json.loads(raw))
     return events
-
-
-def _untrained_banner(note: str | None) -> RenderableType:
-    from rich.panel import Panel
-
-    from engines.deepfake_detector import UNTRAINED_WARNING
-
-    text = f"[bold]{UNTRAINED_WARNING}[/bold]"
-    if note:
-        text += f"\nThis demo runs a {note}."
-    return Panel(text, title="UNTRAINED DETECTOR: SCORES MEAN NOTHING",
-                 style="bold white on red", expand=True)
-
-
-def _view(
-    run: DemoRun, service: Service, probe: ScoreProbe, elapsed: float,
-    streams: list[dict[str, Any]] | None = None,
-) -> RenderableType:
-    from rich.console import Group
-    from rich.table import Table
-
-    info = service.detector_info
-    title = f"dfstream demo · {elapsed:.0f} s · {run.dashboard} · Ctrl-C to stop"
-    table = Table(title=title, expand=False)
-    for column in ("stream", "status", "fps in", "fps analysed", "frames", "faces",
-                   "p_stream", "state", "error"):
-        table.add_column(column, overflow="fold")
-    for s in streams if streams is not None else service.list_streams():
-        status_style = STATUS_STYLE.get(s["status"], "yellow")
-        p = s["p_stream"]
-        state_style = "bold white on red" if s["state"] == "alert" else "green"
-        table.add_row(
-            s["id"], f"[{status_style}]{s['status']}[/{status_style}]", f"{s['fps_in']:.1f}",
-            f"{s['fps_analysed']:.1f}", str(s["frames_analysed"]), str(s["faces"]),
-            "-" if p is None else f"{p:.3f}", f"[{state_style}]{s['state']}[/{state_style}]",
-            s["last_error"] or "",
-        )
-    latency = probe.latency_ms()
-    detector = (f"{info.arch} {info.backend}/{info.device}"
-                + ("" if info.trained else " [bold white on red] UNTRAINED [/]")) if info else "-"
-    lines = [
-        f"detector: {detector}",
-        "latency decoded → subscriber: " + (
-            f"p50 {latency['p50']:.0f} ms, p99 {latency['p99']:.0f} ms "
-            f"({latency['samples']} messages)" if latency["samples"] else "-"),
-        f"redis: {run.redis_url}  (dfstream watch --redis-url {run.redis_url})",
-    ]
-    recent = probe.recent()
-    events = Table("latest events", "stream", "score", "at", box=None, show_header=True)
-    for event in reversed(recent[-6:]):
-        score = event.get("top_score") or event.get("score")
-        at = event.get("at") or event.get("start")
-        events.add_row(str(event.get("type")), str(event.get("stream")),
-                       "-" if score is None else f"{score:.3f}",
-                       time.strftime("%H:%M:%S", time.localtime(at)) if at else "-")
-    return Group(table, *lines, events if recent else "latest events: none yet")
