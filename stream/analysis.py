@@ -11,7 +11,7 @@ because the pipeline overlaps them on two threads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +49,8 @@ class CropPolicy:
 
 
 EVERY_FACE = CropPolicy()
+OFFLINE_BATCH = 8
+"""Frames per detector call when reading a file."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,19 @@ class Analyser:
     def analyse(self, frames: Sequence[Frame]) -> list[FrameAnalysis]:
         """``detect`` then ``score``: what offline consumers call."""
         return self.score(self.detect(frames))
+
+    def analyse_all(
+        self, frames: Iterable[Frame], batch_size: int = OFFLINE_BATCH
+    ) -> Iterator[FrameAnalysis]:
+        """Every frame of an offline reader, analysed in batches of ``batch_size``, in order."""
+        batch: list[Frame] = []
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) >= batch_size:
+                yield from self.analyse(batch)
+                batch = []
+        if batch:
+            yield from self.analyse(batch)
 
     def forget(self, stream_id: str) -> None:
         """Drop a removed stream's tracks."""

@@ -15,10 +15,7 @@ from typing import Any
 import numpy as np
 
 from stream.analysis import Analyser, FrameAnalysis
-from stream.sources.base import Frame
 from stream.sources.reader import VideoError, read_uniform
-
-DETECT_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -92,21 +89,10 @@ def score_video(
 ) -> VideoScore:
     """Score ``frames`` uniform frames of ``path``; ``progress`` gets the frames done so far."""
     result = VideoScore(str(path), frames)
-    batch: list[Frame] = []
-
-    def flush() -> None:
-        for analysis in analyser.analyse(batch):
-            result.frames.append(_scored_frame(analysis))
+    for analysis in analyser.analyse_all(read_uniform(path, frames)):
+        result.frames.append(_scored_frame(analysis))
         if progress is not None:
             progress(len(result.frames))
-        batch.clear()
-
-    for frame in read_uniform(path, frames):
-        batch.append(frame)
-        if len(batch) >= DETECT_BATCH:
-            flush()
-    if batch:
-        flush()
     if not result.frames:
         raise VideoError(f"{path}: no frame could be decoded")
     return result

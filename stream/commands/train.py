@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -41,14 +40,6 @@ def resolve_base(reference: str | None, arch: str, seed: int) -> BaseTower:
         return read_base(path) if path.suffix == ".safetensors" else load_base(reference)
     except CheckpointError as exc:
         raise fail(str(exc)) from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @app.command("train")
@@ -90,6 +81,7 @@ def train_command(
     from engines.checkpoints.errors import CheckpointError
     from engines.clip_detector import ARCHS
     from engines.metrics import MetricsError
+    from engines.store import sha256_of
     from engines.training.crops import PreparedSet, PreparedSetError
     from engines.training.trainer import TrainConfig, TrainingError, train
     from engines.training.tuning import TuningError
@@ -136,7 +128,7 @@ def train_command(
         "resumed_from_epoch": result.resumed_from,
         "val": {**result.best_val, "epoch": result.best_epoch},
         "bundle": str(out),
-        "bundle_sha256": _sha256(out),
+        "bundle_sha256": sha256_of(out),
         "checkpoint": str(checkpoint),
     }
     if as_json:

@@ -32,8 +32,6 @@ from stream.analysis import Analyser, FrameAnalysis
 from stream.sources.base import Frame
 from stream.sources.reader import VideoError, count_frames, read_frames, uniform_indices
 
-DETECT_BATCH = 8
-
 
 class Entry(Protocol):
     """What preparation reads of a dataset's video (stream.data.manifest.VideoEntry)."""
@@ -73,16 +71,7 @@ def _largest(analysis: FrameAnalysis) -> tuple[Frame, Any] | None:
 
 
 def _analyse(analyser: Analyser, frames: Iterator[Frame]) -> list[tuple[Frame, Any]]:
-    found: list[tuple[Frame, Any]] = []
-    batch: list[Frame] = []
-    for frame in frames:
-        batch.append(frame)
-        if len(batch) >= DETECT_BATCH:
-            found.extend(f for f in map(_largest, analyser.analyse(batch)) if f is not None)
-            batch.clear()
-    if batch:
-        found.extend(f for f in map(_largest, analyser.analyse(batch)) if f is not None)
-    return found
+    return [f for f in map(_largest, analyser.analyse_all(frames)) if f is not None]
 
 
 def crops_of_video(
