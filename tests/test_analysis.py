@@ -3,42 +3,23 @@ the scorer, raw logits alongside, a bad frame passing through with its error."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy import special
 
-from engines.backends import create_scorer
 from engines.calibrated import CalibratedScorer
 from engines.calibration import Calibrator
-from engines.clip_detector import random_detector
 from engines.retinaface.torch_detector import RetinaFaceDetector
 from stream.analysis import EVERY_FACE, Analyser, CropPolicy
 from stream.config import FaceSettings, PipelineSettings
 from stream.faces import FaceStage
 from stream.samples import FacePlacement, compose_frame
-from tests.support.frames import CorruptFrame, rgb_frame
-
-
-@pytest.fixture(scope="module")
-def face_detector(retinaface_weights: Path) -> RetinaFaceDetector:
-    return RetinaFaceDetector.load("mobilenet0.25", device="cpu")
+from tests.support.frames import CorruptFrame, crowd, rgb_frame, tiny_scorer
 
 
 @pytest.fixture(scope="module")
 def scorer() -> CalibratedScorer:
-    engine = create_scorer(random_detector("tiny"), backend="torch", device="cpu", max_batch=3)
-    return CalibratedScorer(engine, Calibrator("platt", (0.5, -0.2)))
-
-
-def crowd() -> np.ndarray:
-    picture = None
-    for place in (FacePlacement(20, 40, 0.5), FacePlacement(330, 40, 0.45),
-                  FacePlacement(20, 200, 0.4)):
-        picture = compose_frame(640, 360, place, backdrop=picture)
-    assert picture is not None
-    return picture
+    return tiny_scorer(Calibrator("platt", (0.5, -0.2)), max_batch=3)
 
 
 def stage(detector: RetinaFaceDetector, *, with_crops: bool = True) -> FaceStage:

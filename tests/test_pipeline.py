@@ -18,10 +18,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from engines.backends import create_scorer
 from engines.calibrated import CalibratedScorer
 from engines.calibration import Calibrator
-from engines.clip_detector import random_detector
 from engines.retinaface.torch_detector import RetinaFaceDetector
 from stream.analysis import EVERY_FACE, Analyser, CropPolicy
 from stream.config import FaceSettings, PipelineSettings, RedisSettings, ScoringSettings
@@ -33,21 +31,15 @@ from stream.scoring import StreamScoring
 from stream.sources.base import Frame
 from stream.sources.pyav import PyAVSource
 from stream.video_score import score_video
-from tests.support.frames import CorruptFrame, ListSource
+from tests.support.frames import CorruptFrame, ListSource, crowd, tiny_scorer
 from tests.support.sources import fast_ingest, wait_for
 
 FACE = compose_frame(640, 360, FacePlacement(200, 40, 0.6))
 
 
 @pytest.fixture(scope="module")
-def face_detector(retinaface_weights: Path) -> RetinaFaceDetector:
-    return RetinaFaceDetector.load("mobilenet0.25", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def scorer() -> CalibratedScorer:
-    engine = create_scorer(random_detector("tiny"), backend="torch", device="cpu", max_batch=8)
-    return CalibratedScorer(engine, Calibrator("temperature", (2.0,)))
+    return tiny_scorer(Calibrator("temperature", (2.0,)), max_batch=8)
 
 
 def live_analyser(
@@ -111,17 +103,13 @@ async def test_a_batch_takes_one_frame_per_stream_in_rotating_order(
 async def test_the_live_policy_caps_crops_per_frame_and_skips_unconfirmed_tracks(
     face_detector: RetinaFaceDetector, scorer: CalibratedScorer, redis_url: str
 ) -> None:
-    crowd = None
-    for place in (FacePlacement(20, 40, 0.5), FacePlacement(330, 40, 0.45),
-                  FacePlacement(20, 200, 0.4), FacePlacement(400, 220, 0.35)):
-        crowd = compose_frame(640, 360, place, backdrop=crowd)
-    assert crowd is not None
-    found = len(analyser_faces(face_detector, crowd))
+    picture = crowd()
+    found = len(analyser_faces(face_detector, picture))
     assert found >= 3, f"the crowded picture shows {found} faces"
     settings = PipelineSettings(max_frames=4, max_wait_ms=0, max_crops_per_stream=2)
     analyser = live_analyser(face_detector, scorer, settings)
     async with running(analyser, settings, redis_url) as pipeline:
-        (source,) = sources(["crowd"], [crowd, crowd, crowd], pipeline, repeat=False)
+        (source,) = sources(["crowd"], [picture] * 3, pipeline, repeat=False)
         add(pipeline, source)
         slot = pipeline.slot("crowd")
         assert slot is not None

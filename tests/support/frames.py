@@ -13,6 +13,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from engines.backends import create_scorer
+from engines.calibrated import CalibratedScorer
+from engines.calibration import Calibrator
+from engines.clip_detector import random_detector
+from stream.samples import FacePlacement, compose_frame
 from stream.sources.base import Frame, SourceStats, SourceStatus
 
 
@@ -21,6 +26,23 @@ class CorruptFrame(Frame):
 
     def detection_image(self, max_side: int) -> tuple[np.ndarray, float]:
         raise RuntimeError("corrupt picture")
+
+
+def crowd(width: int = 640, height: int = 360) -> np.ndarray:
+    """The astronaut four times, large to small, on one frame."""
+    picture = None
+    for place in (FacePlacement(20, 40, 0.5), FacePlacement(330, 40, 0.45),
+                  FacePlacement(20, 200, 0.4), FacePlacement(400, 220, 0.35)):
+        picture = compose_frame(width, height, place, backdrop=picture)
+    assert picture is not None
+    return picture
+
+
+def tiny_scorer(calibrator: Calibrator, max_batch: int) -> CalibratedScorer:
+    """A random-weight ``tiny`` CLIP scorer on the CPU (scores mean nothing)."""
+    engine = create_scorer(random_detector("tiny"), backend="torch", device="cpu",
+                           max_batch=max_batch)
+    return CalibratedScorer(engine, calibrator)
 
 
 def rgb_frame(stream: str, rgb: np.ndarray, seq: int = 0, pts: float = 0.0) -> Frame:
