@@ -3,7 +3,8 @@
 ``load_detector`` is the one entry point for everything that scores. It takes the configured
 bundle, or the best installed one, and refuses to run without a trained detector unless random
 weights are explicitly allowed; then the returned info says ``trained=False`` and carries the
-warning that every scoring command must show.
+warning that every scoring command must show. A bundle trained on synthetic data (``dfstream
+data synth``) is trained but says ``synthetic=True`` and carries its own warning.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from typing import Any, Protocol
 
 from engines import store
 from engines.backends import create_scorer
-from engines.checkpoints.bundle import NO_CALIBRATION, model_from_bundle, read_bundle
+from engines.checkpoints.bundle import (
+    NO_CALIBRATION,
+    model_from_bundle,
+    read_bundle,
+    trained_on_synthetic,
+    training_crop,
+)
 from engines.checkpoints.catalog import BundleSummary, bundle_summary, installed_bundles
 from engines.checkpoints.errors import CheckpointError
 from engines.checkpoints.files import tensors_sha256
@@ -28,6 +35,12 @@ UNTRAINED_WARNING = (
     "UNTRAINED DETECTOR: no trained detector bundle is installed, so the crop scorer has random "
     "weights and every score is meaningless. Install one with `dfstream models pull` (or "
     "`dfstream models import`)."
+)
+
+
+SYNTHETIC_WARNING = (
+    "SYNTHETIC DEMO MODEL: this detector was trained on synthetic face swaps of one photograph "
+    "(`dfstream data synth`); it detects that generator's artefacts, not real deepfakes."
 )
 
 
@@ -69,11 +82,17 @@ class DetectorInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_id: str | None = None
     """sha256 of the bundle's tensors (and its base's): names the weights for engine caches."""
+    synthetic: bool = False
+    """Trained on synthetic data only: its scores say nothing about real deepfakes."""
+    crop: str | None = None
+    """The face crop style (faces.crop) its training crops were made with, when it says."""
 
     @property
     def warning(self) -> str | None:
-        """The loud line every scoring command prints when the scores mean nothing."""
-        return None if self.trained else UNTRAINED_WARNING
+        """The loud line every scoring command prints when the scores mean nothing real."""
+        if not self.trained:
+            return UNTRAINED_WARNING
+        return SYNTHETIC_WARNING if self.synthetic else None
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "warning": self.warning}
@@ -157,6 +176,8 @@ def load_model(config: DetectorConfig) -> tuple[LNCLIPDetector, DetectorInfo]:
         metrics=dict(bundle.metrics),
         weights_id=tensors_sha256(bundle.tensors)
         + (f":{bundle.base.sha256}" if bundle.base else ""),
+        synthetic=trained_on_synthetic(bundle.training),
+        crop=training_crop(bundle.training),
     )
     return model, info
 

@@ -11,6 +11,7 @@ because the pipeline overlaps them on two threads.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ from engines.interfaces import CROP_SIZE
 from stream.config import DetectorSettings, PipelineSettings, Settings
 from stream.faces import Face, FaceStage, FrameFaces
 from stream.sources.base import Frame
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,11 @@ class Analyser:
         """
         face_stage = FaceStage.from_settings(settings)
         scorer, info = load_detector(detector or settings.detector)
+        if info.crop is not None and info.crop != settings.faces.crop:
+            log.warning(
+                "detector %s was trained on faces.crop: %s crops but faces.crop is %s here; "
+                "its scores drift with the crop (set faces.crop: %s to match)",
+                info.bundle, info.crop, settings.faces.crop, info.crop)
         calibrated = CalibratedScorer(scorer, Calibrator.from_dict(info.calibration))
         return cls(face_stage, calibrated, policy), info
 

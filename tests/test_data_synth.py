@@ -45,7 +45,8 @@ def test_manifest_is_valid_and_split_by_source(synth_set: Dataset) -> None:
     again = load_manifest(synth_set.root / "manifest.csv")
     assert again.entries == synth_set.entries
     header = (synth_set.root / "manifest.csv").read_text().splitlines()[0]
-    assert header == "path,label,source_id,split,manipulation"
+    assert header == "path,label,source_id,split,manipulation,synthetic"
+    assert synth_set.synthetic and all(e.synthetic for e in synth_set)
     counts = synth_set.counts()
     assert sum(c["real"] for c in counts.values()) == 4
     assert sum(c["fake"] for c in counts.values()) == 4

@@ -152,3 +152,17 @@ def test_ids_are_unique(media: Path) -> None:
     touch(media, "v/a.avi")
     with pytest.raises(DatasetError, match="line 3: id 'v/a' is already used at line 2"):
         load_manifest(write_csv(media, "v/a.mp4,real,a,train,", "v/a.avi,real,a2,train,"))
+
+
+def test_the_synthetic_column_marks_generated_videos(media: Path) -> None:
+    header = HEADER + ",synthetic"
+    data = load_manifest(write_csv(media, "v/a.mp4,real,a,train,,1", "v/a_fake.mp4,fake,a,train,"
+                                   "swap-blend,true", header=header))
+    assert data.synthetic and all(e.synthetic for e in data)
+    camera = load_manifest(write_csv(media, "v/a.mp4,real,a,train,,0", "v/b.mp4,real,b,val,,",
+                                     header=header))
+    assert not camera.synthetic
+    with pytest.raises(DatasetError) as excinfo:
+        load_manifest(write_csv(media, "v/a.mp4,real,a,train,,maybe", header=header))
+    assert problems(excinfo) == ["line 2: synthetic is 'maybe'; write 1 (made by a generator) "
+                                 "or 0 (camera footage), or leave it empty"]

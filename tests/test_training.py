@@ -147,6 +147,9 @@ def test_the_service_loader_scores_a_prepared_video_as_training_does(trained: Tr
                                 backend="torch")
     analyser, info = Analyser.load(settings, EVERY_FACE, detector=detector)
     assert info.trained and info.bundle == trained.bundle.stem
+    # synth's manifest marks every video synthetic; prepare and train carry it to the bundle.
+    assert info.synthetic and info.warning is not None and "SYNTHETIC" in info.warning
+    assert info.crop == settings.faces.crop
     prepared = PreparedSet.open(trained.prepared)
     video = prepared.split("test")[0]
     crops = prepared.load(video)
@@ -212,3 +215,16 @@ def _bundle_config(trained: Trained) -> Path:
     config = trained.root / "score.yaml"
     config.write_text(f"detector:\n  arch: tiny\n  bundle: {trained.bundle}\n  device: cpu\n")
     return config
+
+
+def test_serving_with_another_crop_style_than_training_warns(
+    trained: Trained, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings()
+    other = "reference" if settings.faces.crop == "fast" else "fast"
+    settings.faces.crop = other  # type: ignore[assignment]
+    detector = DetectorSettings(arch="tiny", bundle=str(trained.bundle), device="cpu",
+                                backend="torch")
+    with caplog.at_level("WARNING", logger="stream.analysis"):
+        Analyser.load(settings, EVERY_FACE, detector=detector)
+    assert f"faces.crop is {other}" in caplog.text

@@ -24,7 +24,7 @@ from engines.checkpoints.files import (
 )
 from engines.checkpoints.keymap import check_tower, infer_arch, split_checkpoint
 from engines.checkpoints.safe_load import read_checkpoint
-from engines.clip_detector import ARCHS
+from engines.clip_detector import ARCHS, random_detector
 
 BASE_FORMAT = "dfstream-clip-base"
 DEFAULT_BASES = {"ViT-L-14": "clip-vit-l-14-openai", "ViT-B-16": "clip-vit-b-16-openai"}
@@ -135,3 +135,15 @@ def import_base(
         name = DEFAULT_BASES[tower_arch]
     provenance = {"file": Path(path).name, "layout": found.layout, **dict(source or {})}
     return save_base(found.tower, name, tower_arch, provenance)
+
+
+def random_base(arch: str, seed: int) -> BaseTower:
+    """A random-init tower (tests and synthetic demos: ``tiny`` has no published weights), kept
+    in the store by arch and seed so a bundle over it can be loaded again."""
+    name = f"{arch.lower()}-random-init-seed{seed}"
+    if store.find_in_store(store.BASES_SUBDIR, name) is None:
+        model = random_detector(arch, seed=seed)
+        tower = {k: v for k, v in model.state_dict().items() if k.startswith("visual.")}
+        save_base(tower, name, arch, {"init": "open_clip random initialisation", "seed": seed,
+                                      "pretrained": False})
+    return load_base(name)

@@ -108,6 +108,18 @@ class Bundle:
         self.calibration = check_calibration(self.calibration)
 
 
+def trained_on_synthetic(training: Mapping[str, Any]) -> bool:
+    """Whether a bundle's training data was synthetic (``dfstream data synth``)."""
+    return bool(training.get("prepared_settings", {}).get("synthetic", False))
+
+
+def training_crop(training: Mapping[str, Any]) -> str | None:
+    """The crop style (``faces.crop``) of a bundle's training crops, when the bundle says."""
+    faces = training.get("prepared_settings", {}).get("faces", {})
+    crop = faces.get("crop") if isinstance(faces, Mapping) else None
+    return str(crop) if crop else None
+
+
 def save_bundle(bundle: Bundle, path: Path) -> Path:
     bundle.check()
     tensors = {k: as_stored(v) for k, v in bundle.tensors.items()}

@@ -99,7 +99,7 @@ def data_prepare(
     from engines.store import StoreError
     from stream.analysis import Analyser
     from stream.data.manifest import DatasetError, load_manifest
-    from stream.data.prepare import prepare
+    from stream.data.prepare import prepare, prepare_settings
 
     settings = settings_or_exit(config)
     if crop is not None:
@@ -119,8 +119,7 @@ def data_prepare(
         task = bar.add_task("", total=len(dataset.entries))
         summary = prepare(
             dataset.entries, analyser, out, frames=frames, with_face=with_face, workers=workers,
-            settings={"manifest": str(manifest), "faces": settings.faces.model_dump(mode="json"),
-                      "detect_max_side": settings.ingest.detect_max_side},
+            settings=prepare_settings(settings, manifest, dataset.synthetic),
             progress=lambda name: bar.update(task, advance=1, description=name),
         )
     if as_json:

@@ -1,10 +1,16 @@
-"""``dfstream demo``: the whole service on a sample camera, with nothing to set up.
+"""``dfstream demo``: the whole service on two sample cameras, with nothing to set up.
 
-It writes (once; then it is cached) a video of a real face moving, serves it over loopback RTSP
-with GStreamer's server as a camera that never stops, starts an embedded redis-server on a
-loopback port, and runs the full service in this process: the pipeline, the HTTP API and the
-dashboard. A live table shows each stream; ``dfstream watch --redis-url URL`` works from another
-shell. Ctrl-C, SIGTERM or ``--duration`` shut it down gracefully.
+Without an installed detector it trains (once; then cached) the synthetic demo model
+(``stream.demo_model``): a tiny detector trained on SYNTHETIC face swaps, shown on two cameras
+made by the same generator from a held-out face, one real and one a face swap of it. The fake
+camera should alert and the real one stay clear, under a banner that says plainly that the model
+is a synthetic-data demo model and not a deepfake detector. With a trained detector installed
+(``dfstream models``), that one scores the same two cameras.
+
+The cameras are served over loopback RTSP with GStreamer's server (looping), an embedded
+redis-server runs on a loopback port, and the full service runs in this process: the pipeline,
+the HTTP API and the dashboard. A live table shows each stream; ``dfstream watch --redis-url URL``
+works from another shell. Ctrl-C, SIGTERM or ``--duration`` shut it down gracefully.
 
 The latency it reports is what a subscriber sees: it subscribes to the live score channels and,
 for every message, takes the time it arrived minus the frame's ``captured_at`` (the wall clock
@@ -16,10 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import socket
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,96 +34,81 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
-from stream.commands.demo_view import ScoreProbe, untrained_banner, view
+from stream.commands.demo_view import ScoreProbe, detector_banner, view
 from stream.rtsp_camera import RtspCamera, RtspCameraError
 
 if TYPE_CHECKING:
 
-    from stream.config import DetectorSettings, Settings
+    from stream.config import Settings
+    from stream.demo_model import DemoModel
 
 log = logging.getLogger("dfstream.demo")
 
-RTSP_PATH = "/demo"
-
-
-@dataclass(frozen=True)
-class Sample:
-    """The generated camera: 640x360 keeps decoding light next to analysis on a small CPU."""
-
-    width: int = 640
-    height: int = 360
-    fps: int = 30
-    seconds: float = 10.0
-    gop: int = 30
-
-    @property
-    def filename(self) -> str:
-        return (f"demo-face-{self.width}x{self.height}-{self.fps}fps-{self.seconds:g}s-"
-                f"gop{self.gop}.mp4")
-
-
-def sample_video(sample: Sample = Sample()) -> tuple[Path, bool]:
-    """The sample video and whether it came from the cache: in the model store's ``samples/``,
-    else in the temp dir when the store is not writable."""
-    from engines import store
-    from stream.samples import write_face_video
-
-    places = (store.home() / "samples", Path(tempfile.gettempdir()) / "dfstream-samples")
-    problems = []
-    for directory in places:
-        path = directory / sample.filename
-        if path.is_file():
-            return path, True
-        partial = directory / f".{os.getpid()}-{sample.filename}"
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            write_face_video(partial, sample.width, sample.height, seconds=sample.seconds,
-                             fps=sample.fps, gop=sample.gop)
-            os.replace(partial, path)  # a crash never leaves a truncated sample behind
-            return path, False
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            problems.append(f"{directory}: {exc}")
-    raise fail("cannot write the sample video: " + "; ".join(problems))
+MEDIA_CAMERA = "demo"
+"""The one camera's name when ``--media`` gives the video."""
 
 
 @dataclass
 class DetectorChoice:
-    settings: DetectorSettings
-    untrained_note: str | None = None
-    """Why random weights and which architecture, when no trained detector is installed."""
+    settings: Settings
+    note: str | None = None
+    """What the banner adds: how the synthetic demo model was made and how it scores."""
+    demo: DemoModel | None = None
 
 
-def choose_detector(configured: DetectorSettings) -> DetectorChoice:
+def choose_detector(settings: Settings) -> DetectorChoice:
     """The configured bundle; else the best installed one of any architecture (ViT-L/14 first);
-    else random weights: ViT-L/14 on a CUDA GPU, the ``tiny`` network on a CPU."""
+    else the synthetic demo model, trained here once, with its thresholds."""
     from engines.deepfake_detector import best_installed_bundle
+    from stream.demo_model import demo_model
 
+    configured = settings.detector
     if configured.bundle is not None:
-        return DetectorChoice(configured)
+        return DetectorChoice(settings)
     for arch in dict.fromkeys((configured.arch, "ViT-L-14", "ViT-B-16")):
         best = best_installed_bundle(arch)
         if best is not None:
-            return DetectorChoice(configured.model_copy(
-                update={"arch": arch, "bundle": str(best.path)}))
-    if _on_cuda(configured.device):
-        arch = "ViT-L-14"
-        note = "random-weight ViT-L/14 scorer on the GPU (the production architecture)"
-    else:
-        arch = "tiny"
-        note = ("random-weight `tiny` scorer: on a CPU a ViT-L/14 cannot keep up with live "
-                "video, so the demo runs a tiny network of the same interface instead "
-                "(with a CUDA GPU it runs ViT-L/14)")
-    return DetectorChoice(configured.model_copy(update={"arch": arch, "allow_untrained": True}),
-                          note)
+            return DetectorChoice(settings.model_copy(update={"detector": configured.model_copy(
+                update={"arch": arch, "bundle": str(best.path)})}))
+    model = _train_demo_model(settings, demo_model)
+    scoring = settings.scoring
+    thresholds = scoring.thresholds.model_copy(update={
+        "enter": model.thresholds["enter"], "exit": model.thresholds["exit"]})
+    chosen = settings.model_copy(update={
+        "detector": configured.model_copy(update={"arch": "tiny", "bundle": str(model.bundle)}),
+        "scoring": scoring.model_copy(update={"thresholds": thresholds}),
+    })
+    report = model.report
+    note = (f"No trained detector is installed, so the demo runs a tiny detector trained here on "
+            f"{report['recipe']['videos']} synthetic videos (held-out video AUROC "
+            f"{report['test']['video_auroc']:.2f}), Platt-calibrated, with alert thresholds "
+            f"enter {model.thresholds['enter']:.2f} / exit {model.thresholds['exit']:.2f} "
+            "chosen on its validation split. Install a real detector with `dfstream models`.")
+    return DetectorChoice(chosen, note, model)
 
 
-def _on_cuda(device: str) -> bool:
-    if device == "cpu":
-        return False
-    from engines.devices import resolve_device
+def _train_demo_model(settings: Settings, build: Any) -> DemoModel:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    return device.startswith("cuda") or resolve_device("auto").type == "cuda"
+    columns = (TextColumn("synthetic demo model: {task.description}"), BarColumn(),
+               MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        try:
+            model: DemoModel = build(settings, progress=progress)
+        except Exception as exc:  # anything that stops the build: say what, not a traceback
+            log.debug("demo model build failed", exc_info=True)
+            raise fail(f"the synthetic demo model could not be built: {exc}") from None
+    if not model.cached:
+        console.print(f"[dim]synthetic demo model trained in {model.report['build_s']:.0f} s: "
+                      f"{model.bundle} (cached)[/dim]", soft_wrap=True)
+    return model
 
 
 class StopRequest:
@@ -142,15 +131,20 @@ class StopRequest:
 @dataclass
 class DemoRun:
     settings: Settings
-    camera: RtspCamera
+    cameras: dict[str, RtspCamera]
     streams: int
-    untrained_note: str | None
+    choice: DetectorChoice
     redis_url: str
     listener: socket.socket
     duration: float | None
     stop: StopRequest
     began: float
     dashboard: str = ""
+
+    def stream_urls(self) -> dict[str, str]:
+        """Stream id -> camera URL: each camera read ``streams`` times (``fake``, ``fake-2``...)."""
+        return {(name if index == 0 else f"{name}-{index + 1}"): camera.url
+                for name, camera in self.cameras.items() for index in range(self.streams)}
 
 
 @app.command()
@@ -159,24 +153,28 @@ def demo(
         min=1, help="Stop after this many seconds of streaming (default: run until Ctrl-C).",
         show_default=False)] = None,
     json_summary: Annotated[bool, typer.Option(
-        "--json-summary", help="At the end, print a JSON summary on stdout (frames analysed, "
-        "events, latency decoded -> received by a subscriber).")] = False,
+        "--json-summary", help="At the end, print a JSON summary on stdout (per stream the "
+        "state reached and its alerts, frames analysed, events, latency decoded -> received by "
+        "a subscriber).")] = False,
     streams: Annotated[int, typer.Option(
-        min=1, max=32, help="How many streams read the sample camera (each its own RTSP "
+        min=1, max=32, help="How many streams read each sample camera (each its own RTSP "
         "client).")] = 1,
     port: Annotated[int, typer.Option(
         min=0, max=65535, help="HTTP port of the API and dashboard (0: a free one).")] = 0,
     media: Annotated[Path | None, typer.Option(
-        exists=True, dir_okay=False, help="Serve this H.264 video instead of the generated "
-        "face sample.", show_default=False)] = None,
+        exists=True, dir_okay=False, help="Serve this H.264 video as the one camera instead of "
+        "the two synthetic ones.", show_default=False)] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
     config: ConfigOption = None,
 ) -> None:
-    """The full service on a sample camera: embedded Redis, a looping RTSP stream of a real
-    face, the pipeline, the HTTP API and the dashboard, with a live table. Nothing to set up."""
+    """The full service on two sample cameras (a synthetic real face and a synthetic face swap
+    of it): embedded Redis, looping RTSP cameras, the pipeline, the HTTP API and the dashboard,
+    with a live table. Without an installed detector it first trains a synthetic demo model
+    (once, about 1.5 minutes on two CPU cores). Nothing to set up."""
     import asyncio
 
     from stream.commands.serve import check_bind, configure_logging
+    from stream.demo_model import demo_cameras
     from stream.redis_server import EmbeddedRedis, RedisServerError
 
     began = time.monotonic()
@@ -187,20 +185,22 @@ def demo(
     stop = StopRequest()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     redis_server: EmbeddedRedis | None = None
-    camera: RtspCamera | None = None
+    cameras: dict[str, RtspCamera] = {}
     listener: socket.socket | None = None
     try:
         if media is None:
-            with console.status("writing the sample video (a real face, moving; once)"):
-                media, cached = sample_video()
-            console.print(f"[dim]sample video: {media}{' (cached)' if cached else ''}[/dim]",
-                          soft_wrap=True)
-        try:
-            camera = RtspCamera(media, path=RTSP_PATH).start()
-        except RtspCameraError as exc:
-            raise fail(str(exc)) from None
-        console.print(f"[dim]camera: {camera.url} (GStreamer RTSP server, looping)[/dim]",
-                      soft_wrap=True)
+            with console.status("writing the two synthetic sample cameras (once)"):
+                clips = demo_cameras()
+        else:
+            clips = {MEDIA_CAMERA: media}
+        choice = choose_detector(settings)
+        for name, clip in clips.items():
+            try:
+                cameras[name] = RtspCamera(clip, path=f"/{name}").start()
+            except RtspCameraError as exc:
+                raise fail(str(exc)) from None
+            console.print(f"[dim]camera {name}: {cameras[name].url} ({clip.name}, GStreamer "
+                          "RTSP server, looping)[/dim]", soft_wrap=True)
         redis_url = settings.redis.url
         if redis_url is None:
             try:
@@ -208,21 +208,18 @@ def demo(
             except RedisServerError as exc:
                 raise fail(str(exc)) from None
             redis_url = redis_server.url
-        with console.status("looking for an installed detector"):
-            choice = choose_detector(settings.detector)
-        settings = settings.model_copy(update={
-            "detector": choice.settings,
+        settings = choice.settings.model_copy(update={
             "redis": settings.redis.model_copy(update={"url": redis_url}),
         })
         listener = _listen(settings.api.host, port)
-        run = DemoRun(settings, camera, streams, choice.untrained_note, redis_url, listener,
-                      duration, stop, began)
+        run = DemoRun(settings, cameras, streams, choice, redis_url, listener, duration, stop,
+                      began)
         stop.graceful = True
         summary = asyncio.run(_run(run))
     finally:
         if listener is not None:
             listener.close()
-        if camera is not None:
+        for camera in cameras.values():
             camera.stop()
         if redis_server is not None:
             redis_server.close()
@@ -287,15 +284,15 @@ async def _run(run: DemoRun) -> dict[str, Any]:
     probe = ScoreProbe(run.redis_url, run.settings.redis.prefix)
     probe.start()
     await asyncio.to_thread(probe.subscribed.wait, 10)
-    if not info.trained:
-        console.print(untrained_banner(run.untrained_note))
+    banner = detector_banner(info, run.choice.note)
+    if banner is not None:
+        console.print(banner)
     console.print(f"dashboard: {run.dashboard}", soft_wrap=True)
     console.print(f"watch from another shell: dfstream watch --redis-url {run.redis_url}",
                   soft_wrap=True)
     events_since = await _last_event_id(run)
-    for index in range(run.streams):
-        stream_id = "demo" if index == 0 else f"demo-{index + 1}"
-        await service.add_stream(StreamSpec(id=stream_id, url=run.camera.url))
+    for stream_id, url in run.stream_urls().items():
+        await service.add_stream(StreamSpec(id=stream_id, url=url))
     started = time.monotonic()
     startup_s = started - run.began
     snapshot: list[dict[str, Any]] = []
@@ -324,19 +321,29 @@ async def _run(run: DemoRun) -> dict[str, Any]:
         await service.close()
         probe.stop()
     events = await _events_since(run, events_since)
+    alerts = Counter(str(e.get("stream")) for e in events if e.get("type") == "alert.start")
+    demo_model = run.choice.demo
     return {
         "duration_s": round(elapsed, 1),
         "startup_s": round(startup_s, 1),
         "dashboard": run.dashboard,
         "redis_url": run.redis_url,
-        "rtsp_url": run.camera.url,
+        "rtsp_urls": {name: camera.url for name, camera in run.cameras.items()},
         "untrained": not info.trained,
-        "detector": {"arch": info.arch, "trained": info.trained, "bundle": info.bundle,
-                     "backend": info.backend, "device": info.device},
+        "synthetic": info.synthetic,
+        "detector": {"arch": info.arch, "trained": info.trained, "synthetic": info.synthetic,
+                     "bundle": info.bundle, "backend": info.backend, "device": info.device,
+                     "warning": info.warning},
+        "demo_model": None if demo_model is None else {
+            "bundle": str(demo_model.bundle), "cached": demo_model.cached,
+            **{k: demo_model.report[k] for k in ("build_s", "val", "test", "thresholds",
+                                                  "cameras_p_fake")}},
+        "thresholds": run.settings.scoring.thresholds.model_dump(),
         "frames_analysed": {s["id"]: s["frames_analysed"] for s in snapshot},
-        "streams": {s["id"]: {k: s[k] for k in ("status", "fps_in", "fps_analysed",
-                                                "frames_analysed", "reconnects", "dropped",
-                                                "last_error")} for s in snapshot},
+        "streams": {s["id"]: {
+            **{k: s[k] for k in ("status", "state", "p_stream", "fps_in", "fps_analysed",
+                                 "frames_analysed", "reconnects", "dropped", "last_error")},
+            "alerts": alerts.get(s["id"], 0)} for s in snapshot},
         "scores_received": dict(probe.received),
         "events": {"count": len(events), "types": [e.get("type") for e in events],
                    "by_type": dict(Counter(str(e.get("type")) for e in events))},

@@ -1,5 +1,5 @@
 """What ``dfstream demo`` shows: its own subscriber (the latency a subscriber sees, the live
-events) and the live table of streams under the UNTRAINED banner."""
+events) and the live table of streams under the banner that says what the detector is worth."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from stream.commands.watch import STATUS_STYLE
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from engines.deepfake_detector import DetectorInfo
     from stream.commands.demo import DemoRun
     from stream.service import Service
 
@@ -90,16 +91,19 @@ class ScoreProbe(threading.Thread):
                 "max": round(float(values.max()), 1), "samples": len(values)}
 
 
-def untrained_banner(note: str | None) -> RenderableType:
+def detector_banner(info: DetectorInfo, note: str | None) -> RenderableType | None:
+    """The panel that says what the scores are worth: nothing (random weights) or a synthetic
+    demo model's; None for a detector trained on real data."""
     from rich.panel import Panel
 
-    from engines.deepfake_detector import UNTRAINED_WARNING
-
-    text = f"[bold]{UNTRAINED_WARNING}[/bold]"
+    if info.warning is None:
+        return None
+    text = f"[bold]{info.warning}[/bold]"
     if note:
-        text += f"\nThis demo runs a {note}."
-    return Panel(text, title="UNTRAINED DETECTOR: SCORES MEAN NOTHING",
-                 style="bold white on red", expand=True)
+        text += f"\n{note}"
+    title = ("SYNTHETIC DEMO MODEL: NOT A DEEPFAKE DETECTOR" if info.trained
+             else "UNTRAINED DETECTOR: SCORES MEAN NOTHING")
+    return Panel(text, title=title, style="bold white on red", expand=True)
 
 
 def view(
@@ -126,8 +130,7 @@ def view(
             s["last_error"] or "",
         )
     latency = probe.latency_ms()
-    detector = (f"{info.arch} {info.backend}/{info.device}"
-                + ("" if info.trained else " [bold white on red] UNTRAINED [/]")) if info else "-"
+    detector = (f"{info.arch} {info.backend}/{info.device}" + _detector_tag(info)) if info else "-"
     lines = [
         f"detector: {detector}",
         "latency decoded → subscriber: " + (
@@ -144,3 +147,9 @@ def view(
                        "-" if score is None else f"{score:.3f}",
                        time.strftime("%H:%M:%S", time.localtime(at)) if at else "-")
     return Group(table, *lines, events if recent else "latest events: none yet")
+
+
+def _detector_tag(info: DetectorInfo) -> str:
+    if not info.trained:
+        return " [bold white on red] UNTRAINED [/]"
+    return " [bold white on red] SYNTHETIC DEMO MODEL [/]" if info.synthetic else ""

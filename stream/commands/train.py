@@ -20,21 +20,13 @@ RANDOM_BASE = "random"
 def resolve_base(reference: str | None, arch: str, seed: int) -> BaseTower:
     """The base tower to tune: a file, an installed base, or a random-init tower (``random``,
     the default for ``tiny``, which has no published weights), kept in the store by seed."""
-    from engines.checkpoints.base import DEFAULT_BASES, load_base, read_base, save_base
+    from engines.checkpoints.base import DEFAULT_BASES, load_base, random_base, read_base
     from engines.checkpoints.errors import CheckpointError
-    from engines.clip_detector import random_detector
-    from engines.store import BASES_SUBDIR, find_in_store
 
     if reference is None:
         reference = DEFAULT_BASES.get(arch, RANDOM_BASE)
     if reference == RANDOM_BASE:
-        name = f"{arch.lower()}-random-init-seed{seed}"
-        if find_in_store(BASES_SUBDIR, name) is None:
-            model = random_detector(arch, seed=seed)
-            tower = {k: v for k, v in model.state_dict().items() if k.startswith("visual.")}
-            save_base(tower, name, arch, {"init": "open_clip random initialisation",
-                                          "seed": seed, "pretrained": False})
-        return load_base(name)
+        return random_base(arch, seed)
     path = Path(reference).expanduser()
     try:
         return read_base(path) if path.suffix == ".safetensors" else load_base(reference)

@@ -1,6 +1,8 @@
 """A dataset of labelled videos, read from a manifest (CSV or JSONL) or a folder tree.
 
-Manifest rows have ``path,label,source_id,split`` and optionally ``manipulation``. ``path`` is a
+Manifest rows have ``path,label,source_id,split`` and optionally ``manipulation`` and
+``synthetic`` (``1``/``true`` for a video that a generator made, real or fake, not a camera: what
+``dfstream data synth`` writes; a detector trained on it says so wherever it runs). ``path`` is a
 video file or a folder of frame images, relative to the manifest's folder or absolute; ``label``
 is ``real`` or ``fake``; ``split`` is ``train``, ``val`` or ``test``; ``source_id`` is a real
 video's own id and, for a fake, the id of the real video it was made from (empty when unknown).
@@ -31,6 +33,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
 """A folder holding one of these is read through it rather than as a folder tree."""
 SOURCE_SEPARATOR = "__"
+TRUE_WORDS = frozenset({"1", "true", "yes"})
+FALSE_WORDS = frozenset({"", "0", "false", "no"})
 
 
 class DatasetError(ValueError):
@@ -52,6 +56,7 @@ class VideoEntry:
     source_id: str
     split: str
     manipulation: str = ""
+    synthetic: bool = False
 
     @property
     def is_fake(self) -> bool:
@@ -67,6 +72,11 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether any video is synthetic (then so is whatever is trained or measured on it)."""
+        return any(e.synthetic for e in self.entries)
 
     def __iter__(self) -> Iterator[VideoEntry]:
         return iter(self.entries)
@@ -140,7 +150,7 @@ def _csv_rows(path: Path) -> list[_Row]:
         if missing:
             raise DatasetError(path, [
                 f"line 1: missing column(s) {', '.join(missing)}; the header needs "
-                f"{','.join(REQUIRED_COLUMNS)} (and optionally manipulation)"
+                f"{','.join(REQUIRED_COLUMNS)} (and optionally manipulation, synthetic)"
             ])
         reader.fieldnames = header
         return [
@@ -261,11 +271,16 @@ def _validate(where: Path, root: Path, rows: Iterable[_Row]) -> Dataset:
             continue
         seen_ids[entry_id] = row.where
         source = values.get("source_id", "")
+        synthetic = values.get("synthetic", "").lower()
+        if synthetic not in TRUE_WORDS | FALSE_WORDS:
+            problems.append(f"{row.where}: synthetic is {values.get('synthetic')!r}; write 1 "
+                            "(made by a generator) or 0 (camera footage), or leave it empty")
         if label == "real" and not source:
             source = entry_id
         if label in LABELS:  # kept for the source checks even when the row has other problems
             entries.append((row, VideoEntry(entry_id, path, label, source, split,
-                                            values.get("manipulation", ""))))
+                                            values.get("manipulation", ""),
+                                            synthetic in TRUE_WORDS)))
     problems += _source_problems(entries)
     if problems:
         raise DatasetError(where, problems)

@@ -29,6 +29,7 @@ from engines.training.crops import (
     write_video_crops,
 )
 from stream.analysis import Analyser, FrameAnalysis
+from stream.config import Settings
 from stream.sources.base import Frame
 from stream.sources.reader import VideoError, count_frames, read_frames, uniform_indices
 
@@ -103,6 +104,14 @@ def crops_of_video(
         det_score=np.array([f.score for _, f in found], np.float32),
     )
     return crops, len(looked)
+
+
+def prepare_settings(settings: Settings, manifest: Path, synthetic: bool) -> dict[str, Any]:
+    """What prepared.json records of how its crops were made (a trained bundle carries it, so
+    serving can tell a crop-style mismatch and a synthetic training set)."""
+    return {"manifest": str(manifest), "synthetic": synthetic,
+            "faces": settings.faces.model_dump(mode="json"),
+            "detect_max_side": settings.ingest.detect_max_side}
 
 
 def prepare(

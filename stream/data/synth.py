@@ -350,10 +350,32 @@ def synthesize(
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["path", "label", "source_id", "split",
-                                                    "manipulation"])
+                                                    "manipulation", "synthetic"])
         writer.writeheader()
         writer.writerows(rows)
     return load_manifest(manifest)
+
+
+def held_out_pair(
+    out: Path, config: SynthConfig, manipulation: str = "swap-blend"
+) -> tuple[Path, Path]:
+    """A real clip of an identity no ``synthesize`` set of ``config.seed`` holds (its own random
+    stream), and a fake made from it by ``manipulation``: ``out/real.mp4``, ``out/fake.mp4``.
+    These are the demo's two cameras, so their keyframes come every second."""
+    if manipulation not in MANIPULATIONS:
+        raise ValueError(f"unknown manipulation {manipulation!r}; one of {MANIPULATIONS}")
+    rng = np.random.default_rng([config.seed, 3])
+    poses = clip_poses(config, rng)
+    frames = render_real(render_portrait(Identity.random(rng)), random_backdrop(config, rng),
+                         poses, config, rng)
+    donor = render_portrait(Identity.random(rng))
+    swapped = [swap_frame(f, donor, p, manipulation, rng) for f, p in zip(frames, poses,
+                                                                          strict=True)]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "real.mp4", out / "fake.mp4"
+    for path, clip in zip(paths, (frames, swapped), strict=True):
+        write_video(path, iter(clip), fps=config.fps, gop=config.fps, crf=18)
+    return paths
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
@@ -376,4 +398,4 @@ def _write(
 ) -> dict[str, str]:
     write_video(out / name, iter(frames), fps=config.fps, gop=config.frames, crf=18)
     return {"path": name, "label": label, "source_id": source, "split": split,
-            "manipulation": manipulation}
+            "manipulation": manipulation, "synthetic": "1"}
