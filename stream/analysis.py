@@ -23,6 +23,7 @@ from engines.deepfake_detector import DetectorInfo, load_detector
 from engines.interfaces import CROP_SIZE
 from stream.config import DetectorSettings, PipelineSettings, Settings
 from stream.faces import Face, FaceStage, FrameFaces
+from stream.scoring import FaceScore
 from stream.sources.base import Frame
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,16 @@ class FrameAnalysis:
     def largest(self) -> ScoredFace | None:
         """The largest scored face (the papers score one face per frame)."""
         return self.scored[0] if self.scored else None
+
+    def face_scores(self) -> list[FaceScore]:
+        """The scored faces as the alert rules take them (live and in replays alike)."""
+        return [
+            FaceScore(track=s.track,
+                      box=(float(s.face.box[0]), float(s.face.box[1]), float(s.face.box[2]),
+                           float(s.face.box[3])),
+                      det_score=float(s.face.score), p_fake=s.p_fake)
+            for s in self.scored
+        ]
 
 
 @dataclass

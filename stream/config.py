@@ -239,8 +239,17 @@ class DetectorSettings(Section):
 
 
 class Thresholds(Section):
+    rule: Literal["hysteresis", "cusum"] = Field(
+        "hysteresis", description="'hysteresis': p_stream against enter/exit; 'cusum': a CUSUM "
+        "of per-frame log-likelihood ratios per face track against cusum_h/cusum_exit.")
     enter: float = Field(0.8, ge=0, le=1, description="p_stream at or above this starts an alert.")
     exit: float = Field(0.6, ge=0, le=1, description="p_stream below this ends an alert.")
+    cusum_prior: float = Field(
+        0.5, gt=0, lt=1, description="cusum: the p_fake whose log-likelihood ratio is 0 (frames "
+        "above it add evidence, frames below take it away).")
+    cusum_h: float = Field(5.0, gt=0, le=1000, description="cusum: S_t at or above this alerts.")
+    cusum_exit: float = Field(
+        2.5, ge=0, le=1000, description="cusum: S_t below this (for hold_s) ends an alert.")
     min_duration_s: float = Field(1.0, ge=0, le=3600, description="Time above enter to alert.")
     hold_s: float = Field(2.0, ge=0, le=3600, description="Time below exit to clear.")
     cooldown_s: float = Field(5.0, ge=0, le=3600, description="Quiet time before a new alert.")
@@ -250,6 +259,9 @@ class Thresholds(Section):
     def _exit_not_above_enter(self) -> Thresholds:
         if self.exit > self.enter:
             raise ValueError(f"exit ({self.exit}) must not be above enter ({self.enter})")
+        if self.cusum_exit > self.cusum_h:
+            raise ValueError(f"cusum_exit ({self.cusum_exit}) must not be above cusum_h "
+                             f"({self.cusum_h})")
         return self
 
 

@@ -41,7 +41,7 @@ from stream.config import PipelineSettings
 from stream.faces import FrameFaces
 from stream.metrics import ServiceMetrics
 from stream.publish.publisher import Publisher
-from stream.scoring import FaceScore, ScoreResult, StreamScoring
+from stream.scoring import ScoreResult, StreamScoring
 from stream.sources.base import Frame, FrameSource
 from stream.sources.rates import RateMeter
 from stream.thresholds import ThresholdListener
@@ -319,16 +319,7 @@ class Pipeline:
             slot.last_error = result.error
             log.warning("stream %s frame %d: %s", frame.stream_id, frame.seq, result.error)
             return
-        faces = [
-            FaceScore(
-                track=s.track,
-                box=(float(s.face.box[0]), float(s.face.box[1]), float(s.face.box[2]),
-                     float(s.face.box[3])),
-                det_score=float(s.face.score),
-                p_fake=s.p_fake,
-            )
-            for s in result.scored
-        ]
+        faces = result.face_scores()
         with slot.lock:
             # Under the slot's lock, so that once remove() returns no frame of the stream is
             # scored or published any more: its final events and stream.offline come last.

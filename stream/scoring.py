@@ -8,9 +8,14 @@ measured on that timeline, so a recorded trace always gives the same events.
   ``window_s`` seconds. A track stays live while it has a sample in its window, so a face that
   the detector misses for a frame or two keeps its score.
 - Per stream, ``p_stream`` is the highest ``p_rolling`` of the live tracks (``None`` with none).
-- Hysteresis: clear -> alert once ``p_stream >= enter`` has held for ``min_duration_s``, and not
-  before ``cooldown_s`` has passed since the last alert ended; alert -> clear once
-  ``p_stream < exit`` (or no face) has held for ``hold_s``.
+- The alert rule (``thresholds.rule``) decides on a statistic with an enter and an exit level:
+  ``hysteresis`` on ``p_stream`` against ``enter``/``exit``; ``cusum`` on the highest live track's
+  CUSUM of per-frame log-likelihood ratios, ``S_t = max(0, S_{t-1} + logit(p_t) -
+  logit(cusum_prior))`` (capped at ``2 * cusum_h`` so that clearing after a long alert stays
+  prompt), against ``cusum_h``/``cusum_exit``. A track's S starts at 0 and is forgotten with the
+  track, so a new face starts afresh. Clear -> alert once the statistic has been at or above its
+  enter level for ``min_duration_s``, and not before ``cooldown_s`` has passed since the last
+  alert ended; alert -> clear once it has been below its exit level (or no face) for ``hold_s``.
 - Events: ``alert.start``, ``alert.update`` (the top score rose by ``update_min_rise`` or a new
   track joined, at most one per ``update_interval_s``) and ``alert.end``; all three share the
   alert's ``event_id`` and carry the thresholds and ``config_version`` that decided them.
@@ -101,6 +106,8 @@ class AlertEvent:
     config_version: int
     reason: str | None = None
     """``alert.end`` only: ``cleared`` (below exit for hold_s) or ``stream_ended``."""
+    statistic: float | None = None
+    """What ``thresholds.rule`` decided on at that frame: p_stream or the CUSUM S_t."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +127,8 @@ class AlertEvent:
             "thresholds": self.thresholds.model_dump(),
             "config_version": self.config_version,
             "reason": self.reason,
+            "rule": self.thresholds.rule,
+            "statistic": self.statistic,
         }
 
 
@@ -144,13 +153,31 @@ class ScoreResult:
     hand it to the publisher under ``evidence.event_id``."""
 
 
-class _TrackWindow:
-    """A track's (time, p_fake) samples inside the rolling window."""
+LOGIT_CLAMP = 1e-6
+"""p_fake is clamped to [LOGIT_CLAMP, 1 - LOGIT_CLAMP] before its logit (a 0 or 1 is finite)."""
+CUSUM_CAP = 2.0
+"""S_t never exceeds CUSUM_CAP * cusum_h."""
 
-    __slots__ = ("samples",)
+
+def logit(p: float) -> float:
+    p = min(max(p, LOGIT_CLAMP), 1.0 - LOGIT_CLAMP)
+    return math.log(p / (1.0 - p))
+
+
+def cusum_step(previous: float, p_fake: float, thresholds: Thresholds) -> float:
+    """One frame of the CUSUM: the log-likelihood ratio of ``p_fake`` against the prior."""
+    step = logit(p_fake) - logit(thresholds.cusum_prior)
+    return min(max(0.0, previous + step), CUSUM_CAP * thresholds.cusum_h)
+
+
+class _TrackWindow:
+    """A track's (time, p_fake) samples inside the rolling window, and its CUSUM."""
+
+    __slots__ = ("cusum", "samples")
 
     def __init__(self) -> None:
         self.samples: deque[tuple[float, float]] = deque()
+        self.cusum = 0.0
 
     def trim(self, now: float, window_s: float) -> None:
         samples = self.samples
@@ -171,6 +198,7 @@ class _Frame:
     captured_at: float
     now: float
     p_stream: float | None
+    statistic: float | None = None
 
 
 @dataclass
@@ -250,7 +278,9 @@ class StreamScoring:
         th = self.thresholds
 
         for face in faces:
-            self._tracks.setdefault(face.track, _TrackWindow()).samples.append((now, face.p_fake))
+            window = self._tracks.setdefault(face.track, _TrackWindow())
+            window.samples.append((now, face.p_fake))
+            window.cusum = cusum_step(window.cusum, face.p_fake, th)
         rolling: dict[int, float] = {}
         for track, window in list(self._tracks.items()):
             window.trim(now, th.window_s)
@@ -262,27 +292,32 @@ class StreamScoring:
         face_results = tuple(
             FaceResult(f.track, f.box, f.det_score, f.p_fake, rolling[f.track]) for f in faces
         )
+        per_track = rolling if th.rule == "hysteresis" else {
+            t: self._tracks[t].cusum for t in rolling}
+        value = max(per_track.values()) if per_track else None
+        enter, exit_ = (th.enter, th.exit) if th.rule == "hysteresis" else (th.cusum_h,
+                                                                             th.cusum_exit)
 
-        frame = _Frame(seq, pts, captured_at, now, p_stream)
+        frame = _Frame(seq, pts, captured_at, now, p_stream, value)
         events: list[AlertEvent] = []
         evidence: Peak | None = None
         if self._alert is None:
-            if p_stream is not None and p_stream >= th.enter:
+            if value is not None and value >= enter:
                 if self._above_since is None:
                     self._above_since = now
                 if now - self._above_since >= th.min_duration_s and now >= self._cooldown_until:
-                    alert = self._open(frame, self._above_since, rolling)
+                    alert = self._open(frame, self._above_since, per_track, enter)
                     evidence = self._new_peak(alert, frame, face_results)
                     events.append(self._event("alert.start", alert, frame))
             else:
                 self._above_since = None
         else:
             alert = self._alert
-            alert.tracks.update(t for t, p in rolling.items() if p >= th.enter)
+            alert.tracks.update(t for t, v in per_track.items() if v >= enter)
             if p_stream is not None:
                 alert.top_score = max(alert.top_score, p_stream)
             evidence = self._new_peak(alert, frame, face_results)
-            if p_stream is None or p_stream < th.exit:
+            if value is None or value < exit_:
                 if alert.below_since is None:
                     alert.below_since = now
             else:
@@ -343,9 +378,11 @@ class StreamScoring:
                 )
             seen.add(face.track)
 
-    def _open(self, frame: _Frame, start: float, rolling: dict[int, float]) -> _Alert:
+    def _open(
+        self, frame: _Frame, start: float, per_track: dict[int, float], enter: float
+    ) -> _Alert:
         assert frame.p_stream is not None
-        tracks = {t for t, p in rolling.items() if p >= self.thresholds.enter}
+        tracks = {t for t, v in per_track.items() if v >= enter}
         self._alert = _Alert(
             event_id=f"{self.stream}-{round(frame.now * 1000)}-{frame.seq}",
             start=start,
@@ -401,4 +438,5 @@ class StreamScoring:
             thresholds=self.thresholds,
             config_version=self.config_version,
             reason=reason,
+            statistic=frame.statistic,
         )

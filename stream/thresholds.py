@@ -26,7 +26,7 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import redis.asyncio as aioredis
@@ -42,6 +42,9 @@ from stream.sources.urls import redact
 log = logging.getLogger("dfstream.thresholds")
 
 FIELDS: tuple[str, ...] = tuple(Thresholds.model_fields)
+RULES = ("hysteresis", "cusum")
+Value = float | str
+"""A threshold's value: a number, or for ``rule`` the rule's name."""
 DEFAULT_FIELD = "thresholds"
 OVERRIDE_PREFIX = "thresholds:"
 
@@ -97,8 +100,12 @@ class ThresholdUpdate(BaseModel):
     hold_s: float | None = Field(None, ge=0, le=3600, description="Time below exit to clear.")
     cooldown_s: float | None = Field(None, ge=0, le=3600, description="Quiet time after alerts.")
     window_s: float | None = Field(None, gt=0, le=600, description="Rolling window per track.")
+    rule: Literal["hysteresis", "cusum"] | None = Field(None, description="The alert rule.")
+    cusum_prior: float | None = Field(None, gt=0, lt=1, description="cusum: zero-evidence p.")
+    cusum_h: float | None = Field(None, gt=0, le=1000, description="cusum: alert at S_t >= h.")
+    cusum_exit: float | None = Field(None, ge=0, le=1000, description="cusum: clear below.")
 
-    def changes(self) -> dict[str, float]:
+    def changes(self) -> dict[str, Value]:
         return self.model_dump(exclude_none=True)
 
 
@@ -111,15 +118,21 @@ def describe(exc: ValidationError, where: str) -> str:
     return f"invalid thresholds for {where}: " + "; ".join(problems)
 
 
-def check_changes(changes: Mapping[str, Any] | ThresholdUpdate) -> dict[str, float]:
-    """The requested fields as floats; unknown names and non-numbers are refused."""
+def check_changes(changes: Mapping[str, Any] | ThresholdUpdate) -> dict[str, Value]:
+    """The requested fields (numbers as floats, ``rule`` a rule's name); unknown names and
+    values of the wrong kind are refused."""
     if isinstance(changes, ThresholdUpdate):
         changes = changes.changes()
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
         raise ThresholdError(f"unknown threshold field(s) {unknown}; known: {list(FIELDS)}")
-    out: dict[str, float] = {}
+    out: dict[str, Value] = {}
     for name, value in changes.items():
+        if name == "rule":
+            if value not in RULES:
+                raise ThresholdError(f"rule must be one of {', '.join(RULES)}, got {value!r}")
+            out[name] = str(value)
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ThresholdError(f"{name} must be a number, got {value!r}")
         out[name] = float(value)
@@ -128,7 +141,7 @@ def check_changes(changes: Mapping[str, Any] | ThresholdUpdate) -> dict[str, flo
     return out
 
 
-def merge(default: Thresholds, override: Mapping[str, float], where: str) -> Thresholds:
+def merge(default: Thresholds, override: Mapping[str, Value], where: str) -> Thresholds:
     try:
         return Thresholds(**{**default.model_dump(), **override})
     except ValidationError as exc:
@@ -141,7 +154,7 @@ class ThresholdBook:
 
     version: int
     default: Thresholds
-    overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    overrides: Mapping[str, Mapping[str, Value]] = field(default_factory=dict)
     default_stored: bool = False
     """False while Redis holds no default and the service's configured one applies."""
 
@@ -162,7 +175,7 @@ class ThresholdBook:
             },
         }
 
-    def _effective(self, stream: str) -> dict[str, float] | None:
+    def _effective(self, stream: str) -> dict[str, Value] | None:
         try:
             return self.for_stream(stream).model_dump()
         except ThresholdError:
@@ -188,7 +201,7 @@ def parse_book(raw: Mapping[Any, Any], fallback: Thresholds) -> ThresholdBook:
             default = Thresholds(**data)
         except ValidationError as exc:
             raise ThresholdError(describe(exc, "the stored default")) from None
-    overrides: dict[str, dict[str, float]] = {}
+    overrides: dict[str, dict[str, Value]] = {}
     for name, value in fields.items():
         if name.startswith(OVERRIDE_PREFIX):
             stream = name[len(OVERRIDE_PREFIX):]

@@ -228,3 +228,17 @@ def test_serving_with_another_crop_style_than_training_warns(
     with caplog.at_level("WARNING", logger="stream.analysis"):
         Analyser.load(settings, EVERY_FACE, detector=detector)
     assert f"faces.crop is {other}" in caplog.text
+
+
+def test_eval_operating_point_replays_the_videos_through_the_live_path(trained: Trained) -> None:
+    result = run(["eval", str(trained.prepared), "--bundle", str(trained.bundle), "--split",
+                  "test", "--operating-point", "--false-alerts-per-hour", "1000", "--rule",
+                  "cusum"])
+    assert result["rule"] == "cusum" and set(result["parameters"]) == {
+        "cusum_prior", "cusum_h", "cusum_exit"}
+    videos = PreparedSet.open(trained.prepared).split("test")
+    assert result["real_videos"] + result["fake_videos"] == len(videos)
+    # FRAMES frames per clip at the synth's 5 fps, all of them analysed at 5 fps.
+    assert result["real_hours"] == pytest.approx(result["real_videos"] * FRAMES / 5 / 3600)
+    assert result["met"] == (result["measured_false_alerts_per_hour"] <= 1000)
+    assert {"measured_false_alerts_per_hour", "detection_delay_s"} <= set(result)

@@ -14,6 +14,8 @@ from stream.cli import ConfigOption, app, console, fail, settings_or_exit
 if TYPE_CHECKING:
     from engines.calibrated import CalibratedScorer
     from engines.checkpoints.catalog import BundleSummary
+    from engines.training.crops import PreparedSet
+    from stream.config import Settings
 
 PreparedArgument = Annotated[Path, typer.Argument(help="A folder made by `dfstream data prepare`.")]
 BundleOption = Annotated[Path, typer.Option("--bundle", help="The detector bundle (.safetensors).")]
@@ -71,17 +73,47 @@ def eval_command(
     = 1000,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     report: ReportOption = None,
+    operating_point: Annotated[bool, typer.Option(
+        "--operating-point", help="Instead: replay the split's videos at the analysis fps "
+        "through the live scoring and propose alert parameters for --false-alerts-per-hour.")]
+    = False,
+    false_alerts_per_hour: Annotated[float | None, typer.Option(
+        min=0.0, help="--operating-point: the target rate of false alerts per stream-hour on "
+        "the real videos.", show_default=False)] = None,
+    rule: Annotated[str | None, typer.Option(
+        help="--operating-point: hysteresis or cusum (default: scoring.thresholds.rule).",
+        show_default=False)] = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Video-level AUROC, AP, EER, TPR at FPR 0.1/1/5%, accuracy, frame AUROC, ECE and a
     per-manipulation breakdown, with bootstrap intervals; the video score is the mean of the
-    uncalibrated p_fake over the prepared frames, as in the papers."""
+    uncalibrated p_fake over the prepared frames, as in the papers. With --operating-point:
+    alert parameters for a target false-alert rate, measured by replay."""
     from engines.evaluate import evaluate, score_prepared
     from engines.metrics import MetricsError
 
-    settings_or_exit(config)
+    settings = settings_or_exit(config)
     prepared_set = _prepared(prepared)
+    if operating_point:
+        if false_alerts_per_hour is None:
+            raise fail("--operating-point needs --false-alerts-per-hour X (the target rate "
+                       "per stream-hour)", 2)
+        result = _operating_point(settings, prepared_set, bundle, split, device,
+                                  rule or settings.scoring.thresholds.rule,
+                                  false_alerts_per_hour)
+        if as_json:
+            typer.echo(json.dumps(result, indent=2))
+        else:
+            console.print(
+                f"{result['rule']} {result['parameters']}: measured "
+                f"{result['measured_false_alerts_per_hour']:.2f} false alerts per hour "
+                f"(target {false_alerts_per_hour:g}) on {result['real_hours']:.3f} h of "
+                f"{result['real_videos']} real videos; {result['fakes_detected']}/"
+                f"{result['fake_videos']} fakes alerted, median delay "
+                f"{result['detection_delay_s']} s. Apply: dfstream thresholds set --from FILE "
+                "(the --json output)")
+        return
     scorer = _scorer(bundle, device)
     try:
         scores = score_prepared(prepared_set, split, scorer)
@@ -114,6 +146,58 @@ def eval_command(
         f"{video['auroc']:.4f}, AP {video['ap']:.4f}, EER {video['eer']:.4f}; frame AUROC "
         f"{result['frame']['auroc']:.4f}; ECE {result['ece']:.4f}"
     )
+
+
+def _operating_point(
+    settings: Settings, prepared_set: PreparedSet, bundle: Path, split: str, device: str,
+    rule: str, false_alerts_per_hour: float,
+) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from stream.analysis import Analyser, CropPolicy
+    from stream.config import DetectorSettings
+    from stream.data.manifest import DatasetError, load_manifest
+    from stream.operating_point import choose, trace_video
+    from stream.sources.reader import VideoError
+
+    if rule not in ("hysteresis", "cusum"):
+        raise fail(f"unknown rule {rule!r}; choose hysteresis or cusum", 2)
+    manifest = prepared_set.settings.get("manifest")
+    try:
+        dataset = load_manifest(Path(manifest)) if manifest else None
+    except DatasetError as exc:
+        raise fail(f"the videos of {prepared_set.root} are needed for the replay: {exc}") from None
+    if dataset is None:
+        raise fail(f"{prepared_set.root} does not say which manifest it was prepared from")
+    wanted = {v.id for v in prepared_set.split(split)}
+    entries = [e for e in dataset.by_split(split) if e.id in wanted]
+    if not entries:
+        raise fail(f"{prepared_set.root} has no {split!r} videos with a face to replay")
+    summary = _summary(bundle)
+    detector = DetectorSettings(arch=summary.arch, bundle=str(bundle), device=device,
+                                backend="torch")
+    analyser, _info = Analyser.load(settings, CropPolicy.live(settings.pipeline),
+                                    detector=detector)
+    fps = settings.ingest.analysis_fps
+    traces = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(f"replay at {fps:g} fps", total=len(entries))
+        for entry in entries:
+            try:
+                traces.append(trace_video(entry, analyser, fps))
+            except VideoError as exc:
+                raise fail(str(exc)) from None
+            bar.advance(task)
+        search = bar.add_task(f"{rule} parameters", total=None)
+        try:
+            result = choose(traces, rule, settings.scoring.thresholds, false_alerts_per_hour,
+                            fps=fps, progress=lambda n, total: bar.update(search, completed=n,
+                                                                          total=total))
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    return {"bundle": str(bundle), "prepared": str(prepared_set.root), "split": split,
+            **result}
 
 
 @app.command("calibrate")

@@ -99,15 +99,19 @@ def _show(book: Any, stream: str | None, json_out: bool, changed: bool = False) 
         table.add_column(name, justify="right")
     for field_name in FIELDS:
         unit = " s" if field_name in SECONDS else ""
-        row = [field_name, f"{getattr(book.default, field_name):g}{unit}"]
+        row = [field_name, _value(getattr(book.default, field_name), unit)]
         for name in streams:
             override = book.overrides.get(name, {})
             value = override.get(field_name)
-            row.append(f"[bold]{value:g}{unit}[/bold]" if value is not None else "·")
+            row.append(f"[bold]{_value(value, unit)}[/bold]" if value is not None else "·")
         table.add_row(*row)
     out.print(table)
     if streams:
         out.print("[dim]bold: the stream's override; ·: follows the default[/dim]")
+
+
+def _value(value: object, unit: str) -> str:
+    return f"{value:g}{unit}" if isinstance(value, float | int) else str(value)
 
 
 @thresholds_app.command("get")
@@ -149,6 +153,19 @@ def thresholds_set(
                                                    show_default=False)] = None,
     window: Annotated[float | None, typer.Option(help="Rolling window per face track, seconds.",
                                                  show_default=False)] = None,
+    rule: Annotated[str | None, typer.Option(help="The alert rule: hysteresis or cusum.",
+                                             show_default=False)] = None,
+    cusum_prior: Annotated[float | None, typer.Option(help="cusum: the p_fake of zero evidence "
+                                                      "(0..1).", show_default=False)] = None,
+    cusum_h: Annotated[float | None, typer.Option(help="cusum: S_t at or above this alerts.",
+                                                  show_default=False)] = None,
+    cusum_exit: Annotated[float | None, typer.Option(help="cusum: S_t below this ends an "
+                                                     "alert (<= cusum-h).",
+                                                     show_default=False)] = None,
+    from_file: Annotated[Path | None, typer.Option(
+        "--from", exists=True, dir_okay=False, help="A result of `dfstream eval "
+        "--operating-point --json`: apply its rule and parameters (options given as well "
+        "override them).", show_default=False)] = None,
     json_out: JsonOption = False,
     redis_url: RedisUrlOption = None,
     config: ConfigOption = None,
@@ -159,18 +176,33 @@ def thresholds_set(
 
     requested = {
         "enter": enter, "exit": exit_, "min_duration_s": min_duration, "hold_s": hold,
-        "cooldown_s": cooldown, "window_s": window,
+        "cooldown_s": cooldown, "window_s": window, "rule": rule, "cusum_prior": cusum_prior,
+        "cusum_h": cusum_h, "cusum_exit": cusum_exit,
     }
-    changes = {k: v for k, v in requested.items() if v is not None}
+    changes = {**(operating_point(from_file) if from_file else {}),
+               **{k: v for k, v in requested.items() if v is not None}}
     if not changes:
         raise fail("nothing to set: give at least one of --enter, --exit, --min-duration, "
-                   "--hold, --cooldown, --window", 2)
+                   "--hold, --cooldown, --window, --rule, --cusum-prior, --cusum-h, "
+                   "--cusum-exit or --from", 2)
 
     async def work(client: Any, settings: Settings) -> Any:
         store = ThresholdStore.from_settings(client, settings)
         return await store.set(changes, stream)
 
     _show(run_against_redis(config, redis_url, work), stream, json_out, changed=True)
+
+
+def operating_point(path: Path) -> dict[str, Any]:
+    """The thresholds an operating-point result file proposes: ``rule`` and ``parameters``."""
+    try:
+        data = json.loads(path.read_text())
+        changes = {"rule": data["rule"], **data["parameters"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise fail(f"{path} is not an operating-point result ({exc}); write one with `dfstream "
+                   "eval PREP --bundle B --operating-point --false-alerts-per-hour X --json > "
+                   "FILE`", 2) from None
+    return dict(changes)
 
 
 @thresholds_app.command("reset")

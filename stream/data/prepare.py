@@ -109,7 +109,7 @@ def crops_of_video(
 def prepare_settings(settings: Settings, manifest: Path, synthetic: bool) -> dict[str, Any]:
     """What prepared.json records of how its crops were made (a trained bundle carries it, so
     serving can tell a crop-style mismatch and a synthetic training set)."""
-    return {"manifest": str(manifest), "synthetic": synthetic,
+    return {"manifest": str(manifest.resolve()), "synthetic": synthetic,
             "faces": settings.faces.model_dump(mode="json"),
             "detect_max_side": settings.ingest.detect_max_side}
 
