@@ -22,10 +22,10 @@ from engines.checkpoints.bundle import (
     read_bundle,
     trained_on_synthetic,
     training_crop,
+    weights_id,
 )
 from engines.checkpoints.catalog import BundleSummary, bundle_summary, installed_bundles
 from engines.checkpoints.errors import CheckpointError
-from engines.checkpoints.files import tensors_sha256
 from engines.clip_detector import LNCLIPDetector, random_detector
 from engines.interfaces import CropScorer
 
@@ -174,8 +174,7 @@ def load_model(config: DetectorConfig) -> tuple[LNCLIPDetector, DetectorInfo]:
         precision="",
         max_batch=config.max_batch,
         metrics=dict(bundle.metrics),
-        weights_id=tensors_sha256(bundle.tensors)
-        + (f":{bundle.base.sha256}" if bundle.base else ""),
+        weights_id=weights_id(bundle),
         synthetic=trained_on_synthetic(bundle.training),
         crop=training_crop(bundle.training),
     )

@@ -66,6 +66,11 @@ def _logits_and_features(
     return np.concatenate(logits), torch.cat(features)
 
 
+def logits_of(model: LNCLIPDetector, crops: np.ndarray) -> np.ndarray:
+    """The (N, 2) head outputs of ``crops`` (uint8 NHWC), in batches."""
+    return _logits_and_features(model, crops)[0]
+
+
 def _nll(p: np.ndarray, y: np.ndarray) -> float:
     p = np.clip(p, 1e-12, 1 - 1e-12)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

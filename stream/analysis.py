@@ -88,14 +88,20 @@ class FrameAnalysis:
         """The largest scored face (the papers score one face per frame)."""
         return self.scored[0] if self.scored else None
 
-    def face_scores(self) -> list[FaceScore]:
-        """The scored faces as the alert rules take them (live and in replays alike)."""
+    def face_scores(self, calibrator: Calibrator | None = None) -> list[FaceScore]:
+        """The scored faces as the alert rules take them (live and in replays alike);
+        ``calibrator``: a stream's own calibration in place of the bundle's."""
+        if calibrator is None:
+            p_fake = [s.p_fake for s in self.scored]
+        else:
+            p_fake = calibrator.p_fake(np.stack([s.logits for s in self.scored])).tolist() \
+                if self.scored else []
         return [
             FaceScore(track=s.track,
                       box=(float(s.face.box[0]), float(s.face.box[1]), float(s.face.box[2]),
                            float(s.face.box[3])),
-                      det_score=float(s.face.score), p_fake=s.p_fake)
-            for s in self.scored
+                      det_score=float(s.face.score), p_fake=float(p))
+            for s, p in zip(self.scored, p_fake, strict=True)
         ]
 
 

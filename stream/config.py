@@ -308,6 +308,10 @@ class StreamSpec(Section):
     watchdog_s: float | None = Field(None, gt=0, le=3600, description="Overrides ingest's.")
     realtime: bool = Field(True, description="Files: pace as live (True) or decode flat out.")
     loop: bool = Field(False, description="Files: start again at the end.")
+    calibration: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="A per-stream "
+        "calibration fitted on this camera's real footage (`dfstream calibrate-stream --name`); "
+        "replaces the bundle's calibration for this stream.")
 
     @field_validator("url")
     @classmethod

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import cv2
 
+from engines.stream_calibrations import StreamCalibration
 from stream.analysis import Analyser, FrameAnalysis
 from stream.config import PipelineSettings
 from stream.faces import FrameFaces
@@ -60,6 +61,8 @@ class StreamSlot:
 
     source: FrameSource
     scoring: StreamScoring
+    calibration: StreamCalibration | None = None
+    """The stream's own calibration (``StreamSpec.calibration``), else the bundle's applies."""
     analysed: int = 0
     faces: int = 0
     frame_errors: int = 0
@@ -123,11 +126,14 @@ class Pipeline:
             self._pending += 1
             self._ready.notify()
 
-    def add(self, source: FrameSource, scoring: StreamScoring) -> StreamSlot:
+    def add(
+        self, source: FrameSource, scoring: StreamScoring,
+        calibration: StreamCalibration | None = None,
+    ) -> StreamSlot:
         with self._slots_lock:
             if source.stream_id in self._slots:
                 raise KeyError(f"stream {source.stream_id!r} is already analysed")
-            slot = StreamSlot(source, scoring)
+            slot = StreamSlot(source, scoring, calibration)
             self._slots[source.stream_id] = slot
         self.notify()
         return slot
@@ -319,7 +325,7 @@ class Pipeline:
             slot.last_error = result.error
             log.warning("stream %s frame %d: %s", frame.stream_id, frame.seq, result.error)
             return
-        faces = result.face_scores()
+        faces = result.face_scores(slot.calibration.calibrator if slot.calibration else None)
         with slot.lock:
             # Under the slot's lock, so that once remove() returns no frame of the stream is
             # scored or published any more: its final events and stream.offline come last.

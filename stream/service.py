@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from engines import stream_calibrations
 from engines.deepfake_detector import DetectorInfo
 from stream.analysis import Analyser, CropPolicy
 from stream.backoff import Backoff
@@ -189,6 +190,14 @@ class Service:
             check_url(spec.url, self.settings.ingest)
         except UrlRefused as exc:
             raise ValueError(str(exc)) from None
+        calibration = None
+        if spec.calibration is not None:
+            assert self.detector_info is not None
+            try:
+                calibration = stream_calibrations.load(spec.calibration)
+                calibration.check_weights(self.detector_info.weights_id)
+            except stream_calibrations.StreamCalibrationError as exc:
+                raise ValueError(f"stream {spec.id!r}: {exc}") from None
         async with self._streams_lock:
             if self.pipeline.slot(spec.id) is not None:
                 raise KeyError(f"stream {spec.id!r} already exists")
@@ -199,7 +208,7 @@ class Service:
             scoring = StreamScoring.from_settings(
                 spec.id, self.settings.scoring, thresholds, version
             )
-            self.pipeline.add(source, scoring)
+            self.pipeline.add(source, scoring, calibration)
             await self._register(spec)
             self.publisher.stream_online(spec.id, epoch=epoch, url=spec.url)
             source.start()
@@ -261,6 +270,7 @@ class Service:
             "width": stats.width,
             "height": stats.height,
             "codec": stats.codec,
+            "calibration": slot.calibration.name if slot.calibration else None,
             "state": last.state.value if last else "clear",
             "p_stream": last.p_stream if last else None,
             "faces": len(last.faces) if last else 0,

@@ -78,3 +78,18 @@ def test_a_bad_frame_passes_through_with_its_error(
     assert good.error is None and len(good.scored) >= 3
     assert failed.error is not None and "corrupt picture" in failed.error
     assert failed.faces == () and failed.scored == ()
+
+
+def test_face_scores_take_a_streams_own_calibration_over_the_bundles(
+    face_detector: RetinaFaceDetector, scorer: CalibratedScorer
+) -> None:
+    from engines.calibration import Calibrator
+
+    analyser = Analyser(stage(face_detector), scorer, EVERY_FACE)
+    (result,) = analyser.analyse([rgb_frame("cam", crowd())])
+    assert [f.p_fake for f in result.face_scores()] == [s.p_fake for s in result.scored]
+    camera = Calibrator("platt", (0.5, -2.0))
+    own = result.face_scores(camera)
+    expected = camera.p_fake(np.stack([s.logits for s in result.scored]))
+    assert np.allclose([f.p_fake for f in own], expected, atol=1e-12)
+    assert [f.track for f in own] == [s.track for s in result.scored]

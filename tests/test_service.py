@@ -219,6 +219,25 @@ def test_refused_url_schemes_get_422(api: httpx.Client, url: str) -> None:
     assert api.get("/api/streams/sneaky").status_code == 404
 
 
+def test_a_stream_calibration_that_is_missing_or_for_other_weights_gets_422(
+    api: httpx.Client, rtsp: dict[str, RtspCamera], tmp_path: Path
+) -> None:
+    from engines import store
+    from engines.calibration import Calibrator
+    from engines.stream_calibrations import StreamCalibration, save
+
+    store.configure(home=tmp_path, weights_dir=store.locations().weights_dir)  # restored after
+
+    spec = {"id": "calibrated", "url": rtsp["cam0"].url, "calibration": "no-such-camera"}
+    missing = api.post("/api/streams", json=spec)
+    assert missing.status_code == 422 and "no stream calibration named" in missing.text
+    save(StreamCalibration("other-weights", "0" * 64, "elsewhere", Calibrator("platt", (1, -1))),
+         overwrite=True)
+    other = api.post("/api/streams", json={**spec, "calibration": "other-weights"})
+    assert other.status_code == 422 and "fitted for detector elsewhere" in other.text
+    assert api.get("/api/streams/calibrated").status_code == 404
+
+
 def test_bad_stream_ids_get_422(api: httpx.Client, rtsp: dict[str, RtspCamera]) -> None:
     for bad in ("", "has space", "a/b", "x" * 300):
         response = api.post("/api/streams", json={"id": bad, "url": rtsp["cam0"].url})

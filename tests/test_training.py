@@ -242,3 +242,29 @@ def test_eval_operating_point_replays_the_videos_through_the_live_path(trained: 
     assert result["real_hours"] == pytest.approx(result["real_videos"] * FRAMES / 5 / 3600)
     assert result["met"] == (result["measured_false_alerts_per_hour"] <= 1000)
     assert {"measured_false_alerts_per_hour", "detection_delay_s"} <= set(result)
+
+
+def test_a_cameras_real_footage_gives_its_stream_calibration(trained: Trained) -> None:
+    from engines.stream_calibrations import load
+
+    # The "camera": the train split's real videos, prepared like any footage.
+    reals = [line for line in (trained.synth / "manifest.csv").read_text().splitlines()[1:]
+             if ",real," in line and ",train," in line][:6]
+    manifest = trained.root / "camera.csv"
+    manifest.write_text("path,label,source_id,split\n" + "\n".join(
+        str(trained.synth / line.split(",")[0]) + ",real,,train" for line in reals) + "\n")
+    camera = trained.root / "camera-prep"
+    run(["data", "prepare", str(manifest), "--out", str(camera), "--frames", str(FRAMES)])
+    report = run(["calibrate-stream", str(camera), "--bundle", str(trained.bundle), "--fakes",
+                  str(trained.prepared), "--split", "val", "--name", "lobby-cam",
+                  "--overwrite"])
+    assert report["calibration"]["method"] == "platt" and report["fitted_on"]["camera_crops"]
+    assert report["camera_after"]["mean_p_fake"] < report["fakes_after"]["mean_p_fake"]
+    stored = load("lobby-cam")
+    assert stored.bundle == trained.bundle.stem
+    # Bound to the weights the service runs with this bundle, refused with any other.
+    _analyser, info = Analyser.load(Settings(), EVERY_FACE, detector=DetectorSettings(
+        arch="tiny", bundle=str(trained.bundle), device="cpu", backend="torch"))
+    stored.check_weights(info.weights_id)
+    with pytest.raises(ValueError, match="fitted for detector"):
+        stored.check_weights("0" * 64)

@@ -108,6 +108,12 @@ class Bundle:
         self.calibration = check_calibration(self.calibration)
 
 
+def weights_id(bundle: Bundle) -> str:
+    """sha256 of the bundle's tensors (and its base's): names the weights a model runs, for
+    engine caches and per-stream calibrations."""
+    return tensors_sha256(bundle.tensors) + (f":{bundle.base.sha256}" if bundle.base else "")
+
+
 def trained_on_synthetic(training: Mapping[str, Any]) -> bool:
     """Whether a bundle's training data was synthetic (``dfstream data synth``)."""
     return bool(training.get("prepared_settings", {}).get("synthetic", False))

@@ -250,3 +250,54 @@ def calibrate_command(
     console.print(f"[green]calibrated[/green] {out}: {result.calibrator.label}; ECE "
                   f"{result.ece_before:.4f} -> {result.ece_after:.4f}, NLL "
                   f"{result.nll_before:.4f} -> {result.nll_after:.4f}")
+
+
+@app.command("calibrate-stream")
+def calibrate_stream_command(
+    camera: Annotated[Path, typer.Argument(help="A folder made by `dfstream data prepare` from "
+                                           "the camera's footage, every video labelled real.")],
+    bundle: BundleOption,
+    fakes: Annotated[Path, typer.Option(help="A prepared set whose --split fakes form the fake "
+                                        "class (e.g. the bundle's calibration set).")],
+    name: Annotated[str, typer.Option(help="The calibration's name; a stream selects it with "
+                                      "`calibration: NAME` in its spec.")],
+    split: Annotated[str, typer.Option(help="The split of --fakes to take fakes from.")] = "val",
+    method: Annotated[str, typer.Option(help="platt or temperature.")] = "platt",
+    overwrite: Annotated[bool, typer.Option(help="Replace a calibration of that name.")] = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Fit a calibration for one camera on its real footage (the real class) and a prepared
+    set's fakes, and store it by name for `streams[].calibration`: the camera's own reals then
+    set where "real" lies for that stream."""
+    from engines.calibration import CalibrationError
+    from engines.checkpoints.bundle import model_from_bundle, read_bundle
+    from engines.checkpoints.errors import CheckpointError
+    from engines.stream_calibrations import (
+        StreamCalibrationError,
+        fit_stream_calibration,
+        save,
+    )
+
+    if method not in ("temperature", "platt"):
+        raise fail(f"unknown calibration method {method!r}; choose platt or temperature", 2)
+    settings_or_exit(config)
+    camera_set, fakes_set = _prepared(camera), _prepared(fakes)
+    _summary(bundle)
+    try:
+        loaded = read_bundle(bundle)
+        calibration, report = fit_stream_calibration(
+            name, loaded, bundle.stem, model_from_bundle(loaded), camera_set, fakes_set,
+            split=split, method=method)  # type: ignore[arg-type]
+        path = save(calibration, overwrite=overwrite)
+    except (CheckpointError, CalibrationError, StreamCalibrationError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    summary = {"name": name, "path": str(path), **calibration.to_dict(), **report}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    before, after = report["camera_before"], report["camera_after"]
+    console.print(f"[green]stream calibration[/green] {name} ({path}): "
+                  f"{calibration.calibrator.label}; camera mean p_fake "
+                  f"{before['mean_p_fake']:.3f} -> {after['mean_p_fake']:.3f}. Use it with "
+                  f"`calibration: {name}` in a stream's spec.")

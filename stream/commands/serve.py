@@ -164,6 +164,9 @@ def streams_add(
     stream_id: Annotated[str, typer.Argument(help="Stream id (letters, digits, _ . -).")],
     url: Annotated[str, typer.Argument(help="rtsp://, rtmp://, http(s)://, HLS or a file.")],
     fps: Annotated[float | None, typer.Option(help="Analysis frames per second.")] = None,
+    calibration: Annotated[str | None, typer.Option(
+        help="A per-stream calibration (`dfstream calibrate-stream --name`).",
+        show_default=False)] = None,
     api: ApiOption = "http://127.0.0.1:8000",
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -172,6 +175,8 @@ def streams_add(
     body: dict[str, Any] = {"id": stream_id, "url": url}
     if fps is not None:
         body["analysis_fps"] = fps
+    if calibration is not None:
+        body["calibration"] = calibration
     created = _request("POST", api, "/api/streams", token, json=body)
     typer.echo(json.dumps(created, indent=2) if as_json else f"added {stream_id}")
 
