@@ -268,3 +268,23 @@ def test_a_cameras_real_footage_gives_its_stream_calibration(trained: Trained) -
     stored.check_weights(info.weights_id)
     with pytest.raises(ValueError, match="fitted for detector"):
         stored.check_weights("0" * 64)
+
+
+def test_torchrun_trains_data_parallel_and_rank_zero_writes_the_bundle(trained: Trained) -> None:
+    import subprocess
+    import sys
+
+    out = trained.root / "ddp.safetensors"
+    dfstream = Path(sys.executable).parent / "dfstream"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(dfstream), "train", str(trained.prepared), "--out", str(out), "--arch", "tiny",
+         "--epochs", "2", "--batch-size", "32", "--lr", "0.1", "--no-augment", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"bundle_sha256"') == 1  # one summary: rank 0's
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    assert summary["processes"] == 2 and summary["changed_frozen"] == 0
+    assert summary["trainable"] == 898 and len(summary["epochs"]) == 2
+    assert model_from_bundle(read_bundle(out)) is not None

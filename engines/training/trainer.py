@@ -24,6 +24,7 @@ from engines.checkpoints.base import BaseTower
 from engines.checkpoints.bundle import Bundle, bundle_from_model, model_from_state
 from engines.clip_detector import LNCLIPDetector, arch_spec
 from engines.metrics import ranking_metrics, video_means
+from engines.training import distributed
 from engines.training.augment import augment_batch, training_augmentation
 from engines.training.crops import PreparedSet, PreparedVideo
 from engines.training.losses import Objective
@@ -137,6 +138,24 @@ def _autocast(device: str) -> torch.autocast:
     return torch.autocast("cuda" if on_gpu else "cpu", dtype=torch.bfloat16, enabled=on_gpu)
 
 
+class TrainingForward(torch.nn.Module):
+    """The training forward (features, slerp, head) as one module call, so that DDP, which
+    hooks ``forward``, averages its gradients across processes."""
+
+    def __init__(self, model: LNCLIPDetector, slerp: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.slerp = slerp
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.features(x)
+        if self.slerp:
+            features = slerp_augment(features, y, generator)
+        return self.model.head(features), features
+
+
 def train_step(
     model: LNCLIPDetector,
     optimiser: torch.optim.Optimizer,
@@ -146,16 +165,16 @@ def train_step(
     config: TrainConfig,
     transform: v2.Transform | None,
     generator: torch.Generator,
+    forward: torch.nn.Module | None = None,
 ) -> dict[str, float]:
-    """One optimiser step on a batch of uint8 crops; the loss terms' values."""
+    """One optimiser step on a batch of uint8 crops; the loss terms' values. ``forward``: the
+    model's TrainingForward, under DDP when training runs in several processes."""
     device = config.device
     x = augment_batch(crops, transform) if transform is not None else crops
     y = labels.to(device)
+    forward = forward if forward is not None else TrainingForward(model, config.slerp)
     with _autocast(device):
-        features = model.features(x.to(device))
-        if config.slerp:
-            features = slerp_augment(features, y, generator)
-        logits = model.head(features)
+        logits, features = forward(x.to(device), y, generator)
     loss, parts = objective(logits, features, y)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
@@ -187,8 +206,10 @@ def train(
     batches = PairedBatches(targets, owners, _source_numbers(train_videos), config.batch_size)
 
     device = config.device
+    workers = distributed.current()
     model = initial_model(base, config.seed).to(device)
     trainable = check_trainable(model)
+    forward = distributed.parallel(TrainingForward(model, config.slerp), workers, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     objective = Objective(config.ce, config.uniformity, config.alignment, config.label_smoothing)
@@ -222,10 +243,13 @@ def train(
             lr = config.lr_at(step, steps_per_epoch)
             for group in optimiser.param_groups:
                 group["lr"] = lr
+            if len(batch) < workers.world:  # every process needs a row; all skip it alike
+                continue
+            mine = workers.shard(batch)
             parts = train_step(
-                model, optimiser, objective, torch.from_numpy(crops[batch]),
-                torch.from_numpy(targets[batch]), config,
-                transform if config.augment else None, generator,
+                model, optimiser, objective, torch.from_numpy(crops[mine]),
+                torch.from_numpy(targets[mine]), config,
+                transform if config.augment else None, generator, forward,
             )
             step += 1
             seen += len(batch)
@@ -244,7 +268,7 @@ def train(
         if best is None or metrics.ap > best[0]:
             tuned = {k: v.detach().cpu().clone() for k, v in model.tuned_state_dict().items()}
             best = (metrics.ap, epoch, metrics.as_dict(), tuned)
-        if checkpoint is not None:
+        if checkpoint is not None and workers.main:
             _save_checkpoint(checkpoint, model, optimiser, epoch, step, history, best, config,
                              base)
 

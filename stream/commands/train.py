@@ -13,6 +13,8 @@ from stream.cli import ConfigOption, app, console, fail, settings_or_exit
 
 if TYPE_CHECKING:
     from engines.checkpoints.base import BaseTower
+    from engines.training.distributed import Workers
+    from engines.training.trainer import TrainConfig
 
 RANDOM_BASE = "random"
 
@@ -66,35 +68,52 @@ def train_command(
 ) -> None:
     """LN-tune the detector (the 50 LayerNorms of ViT-L/14 + the head) with cross-entropy,
     uniformity and alignment, slerp feature augmentation and paired real/fake batches; keep
-    the epoch with the best validation video AP; write a bundle that `serve` can load."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from engines.checkpoints.bundle import save_bundle
-    from engines.checkpoints.errors import CheckpointError
+    the epoch with the best validation video AP; write a bundle that `serve` can load. Under
+    `torchrun --nproc_per_node N` it trains data-parallel (DDP; --batch-size is the global
+    batch) and rank 0 writes the bundle and the summary."""
     from engines.clip_detector import ARCHS
-    from engines.metrics import MetricsError
-    from engines.store import sha256_of
-    from engines.training.crops import PreparedSet, PreparedSetError
-    from engines.training.trainer import TrainConfig, TrainingError, train
-    from engines.training.tuning import TuningError
+    from engines.training import distributed
+    from engines.training.trainer import TrainConfig
 
     if arch not in ARCHS:
         raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
     settings_or_exit(config)  # applies the config's store locations
-    try:
-        prepared_set = PreparedSet.open(prepared)
-        tower = resolve_base(base, arch, seed)
-    except (PreparedSetError, CheckpointError) as exc:
-        raise fail(str(exc)) from None
+    workers, device = distributed.join(device)  # under torchrun: this process's rank and device
     train_config = TrainConfig(
         arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr,
         warmup_epochs=warmup_epochs, uniformity=uniformity, alignment=alignment,
         label_smoothing=label_smoothing, slerp=slerp, augment=augment, seed=seed, device=device,
     )
+    try:
+        _train(prepared, out, base, train_config, resume, as_json, workers)
+    finally:
+        distributed.leave()
+
+
+def _train(
+    prepared: Path, out: Path, base: str | None, train_config: TrainConfig, resume: bool,
+    as_json: bool, workers: Workers,
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from engines.checkpoints.bundle import save_bundle
+    from engines.checkpoints.errors import CheckpointError
+    from engines.metrics import MetricsError
+    from engines.store import sha256_of
+    from engines.training.crops import PreparedSet, PreparedSetError
+    from engines.training.trainer import TrainingError, train
+    from engines.training.tuning import TuningError
+
+    arch, epochs, seed = train_config.arch, train_config.epochs, train_config.seed
+    try:
+        prepared_set = PreparedSet.open(prepared)
+        tower = resolve_base(base, arch, seed)
+    except (PreparedSetError, CheckpointError) as exc:
+        raise fail(str(exc)) from None
     checkpoint = out.with_name(out.stem + ".train.pt")
     columns = (TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"))
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=console, transient=True, disable=not workers.main) as bar:
         task = bar.add_task("train", total=None, epoch=0, epochs=epochs, loss=0.0)
 
         def progress(epoch: int, step: int, steps: int, loss: float) -> None:
@@ -105,6 +124,8 @@ def train_command(
                            resume=resume, progress=progress)
         except (TrainingError, TuningError, MetricsError, PreparedSetError, ValueError) as exc:
             raise fail(str(exc)) from None
+    if not workers.main:
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     save_bundle(result.bundle, out)
     summary = {
@@ -122,6 +143,7 @@ def train_command(
         "bundle": str(out),
         "bundle_sha256": sha256_of(out),
         "checkpoint": str(checkpoint),
+        "processes": workers.world,
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
