@@ -130,3 +130,19 @@ def test_the_worker_loads_nothing_until_asked() -> None:
     worker = HeatmapWorker(lambda: loads.append(1) or random_detector("tiny"), Sink().put)
     worker.close()
     assert loads == []
+
+
+def test_bench_heatmap_reports_ms_per_heatmap_and_the_forward_baseline() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from stream.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "heatmap", "--seconds", "0.3", "--rounds", "1",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["arch"] == "tiny" and report["ms_per_heatmap"] > 0
+    assert set(report["ms_per_call"]) == {"forward", "grad_cam", "heatmap"}
+    assert set(report["ratios"]) == {"heatmap / forward", "grad_cam / forward"}
