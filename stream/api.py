@@ -262,6 +262,19 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
             raise HTTPException(404, detail=f"no evidence for {event_id!r} (expired or unknown)")
         return Response(jpeg, media_type="image/jpeg")
 
+    @app.get("/api/heatmap/{event_id}", tags=["events"])
+    async def heatmap(event_id: str) -> Response:
+        """That crop with a heatmap of where the detector looks overlaid (red: most support for
+        fake), while its TTL lasts; computed shortly after the evidence, for alerts only."""
+        jpeg = await service.heatmap(event_id)
+        if jpeg is None:
+            raise HTTPException(
+                404,
+                detail=f"no heatmap for {event_id!r} (not computed yet, expired, unknown, or "
+                "scoring.heatmap is off)",
+            )
+        return Response(jpeg, media_type="image/jpeg")
+
     @app.get("/api/live", tags=["events"])
     async def live(request: Request) -> StreamingResponse:
         """Server-sent events: live scores (at most a few per second per stream) and events."""

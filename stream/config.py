@@ -278,6 +278,11 @@ class ScoringSettings(Section):
         description="alert.update needs the top score to rise by at least this much "
         "(or a new track to join the alert).",
     )
+    heatmap: bool = Field(
+        True,
+        description="With each alert's evidence crop, store a heatmap of where the detector "
+        "looks (a CPU torch copy of the detector, loaded at the first alert; docs/redis.md).",
+    )
 
 
 class PipelineSettings(Section):

@@ -40,6 +40,7 @@ from engines.stream_calibrations import StreamCalibration
 from stream.analysis import Analyser, FrameAnalysis
 from stream.config import PipelineSettings
 from stream.faces import FrameFaces
+from stream.heatmaps import HeatmapWorker
 from stream.metrics import ServiceMetrics
 from stream.publish.publisher import Publisher
 from stream.scoring import ScoreResult, StreamScoring
@@ -96,13 +97,16 @@ class Pipeline:
         *,
         thresholds: ThresholdListener | None = None,
         metrics: ServiceMetrics | None = None,
+        heatmaps: HeatmapWorker | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``heatmaps``: where alerts' evidence crops go for their heatmap (none: no heatmaps)."""
         self.analyser = analyser
         self.publisher = publisher
         self.settings = settings
         self.thresholds = thresholds
         self.metrics = metrics or ServiceMetrics()
+        self.heatmaps = heatmaps
         self._clock = clock
         self._slots: dict[str, StreamSlot] = {}
         self._slots_lock = threading.Lock()
@@ -363,3 +367,5 @@ class Pipeline:
         )
         if ok:
             self.publisher.put_evidence(peak.event_id, jpeg.tobytes())
+        if self.heatmaps is not None:
+            self.heatmaps.submit(peak.event_id, crop)

@@ -50,6 +50,10 @@ class RedisKeys:
         """String with a TTL: the JPEG of the face crop at an alert's peak."""
         return f"{self.prefix}evidence:{event_id}"
 
+    def heatmap(self, event_id: str) -> str:
+        """String with the evidence's TTL: that crop with the detector's saliency overlaid."""
+        return f"{self.prefix}heatmap:{event_id}"
+
     @property
     def config(self) -> str:
         """Hash: thresholds (default and per stream) and their ``version`` counter."""

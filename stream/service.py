@@ -22,10 +22,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from engines import stream_calibrations
-from engines.deepfake_detector import DetectorInfo
+from engines.clip_detector import LNCLIPDetector
+from engines.deepfake_detector import DetectorInfo, load_model
 from stream.analysis import Analyser, CropPolicy
 from stream.backoff import Backoff
 from stream.config import Settings, StreamSpec
+from stream.heatmaps import HeatmapWorker
 from stream.metrics import ServiceMetrics
 from stream.pipeline import Pipeline
 from stream.publish.publisher import Publisher
@@ -62,6 +64,7 @@ class Service:
         self.publisher: Publisher | None = None
         self.listener: ThresholdListener | None = None
         self.pipeline: Pipeline | None = None
+        self.heatmaps: HeatmapWorker | None = None
         self._client: aioredis.Redis | None = None
         self._thresholds: ThresholdStore | None = None
         self._warm = False
@@ -114,12 +117,15 @@ class Service:
         self.publisher = Publisher.from_settings(settings.redis, self.redis_url)
         await self.publisher.start()
         self.metrics.watch_sources(self._source_stats)
+        if settings.scoring.heatmap:
+            self.heatmaps = HeatmapWorker(self._heatmap_model, self.publisher.put_heatmap)
         self.pipeline = Pipeline(
             analyser,
             self.publisher,
             settings.pipeline,
             thresholds=self.listener,
             metrics=self.metrics,
+            heatmaps=self.heatmaps,
         )
         self.pipeline.start()
         self._status_task = asyncio.create_task(self._report_status(), name="dfstream-status")
@@ -152,6 +158,16 @@ class Service:
                 if not await self._start_configured(spec):
                     break
 
+    def _heatmap_model(self) -> LNCLIPDetector:
+        """A CPU torch copy of the very detector the scorer runs (its bundle, pinned: another
+        one installed since start-up must not explain this one's scores)."""
+        assert self.detector_info is not None
+        config = self.settings.detector
+        if self.detector_info.bundle_path is not None:
+            config = config.model_copy(update={"bundle": self.detector_info.bundle_path})
+        model, _ = load_model(config)
+        return model
+
     def _warm_up(self) -> None:
         """Run each engine once so the first real frame does not pay for lazy initialisation."""
         assert self.analyser is not None
@@ -170,6 +186,8 @@ class Service:
             for slot in self.pipeline.slots():
                 await self.remove_stream(slot.source.stream_id, reason="shutdown")
             await asyncio.get_running_loop().run_in_executor(None, self.pipeline.stop)
+        if self.heatmaps is not None:  # before the publisher: their JPEGs go out with it
+            await asyncio.get_running_loop().run_in_executor(None, self.heatmaps.close)
         if self.publisher is not None:
             await self.publisher.close()
         if self.listener is not None:
@@ -404,9 +422,17 @@ class Service:
         return events
 
     async def evidence(self, event_id: str) -> bytes | None:
+        return await self._image(self.keys.evidence(event_id))
+
+    async def heatmap(self, event_id: str) -> bytes | None:
+        return await self._image(self.keys.heatmap(event_id))
+
+    async def _image(self, key: str) -> bytes | None:
+        """A JPEG the publisher stored under ``key``; None when absent (expired, never made)
+        or Redis is unreachable."""
         assert self._client is not None
         try:
-            data = await self._client.get(self.keys.evidence(event_id))
+            data = await self._client.get(key)
         except (RedisError, OSError):
             return None
         if data is None:

@@ -173,6 +173,12 @@ def test_an_alert_appears_with_its_evidence(page: Any, api: httpx.Client) -> Non
     assert evidence.status_code == 200 and evidence.content[:2] == b"\xff\xd8"
     size = item.eval_on_selector("img", "img => [img.naturalWidth, img.naturalHeight]")
     assert size == [224, 224]
+    # Its heatmap comes beside it once computed (the page retries while it is missing).
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('#alerts li.alert-event img.heatmap')].some(
+              img => !img.hidden && img.complete && img.naturalWidth === 224)""",
+        timeout=WAIT_MS,
+    )
     # The stream's row turns to alert too.
     page.wait_for_selector("#streams td.state-alert", timeout=WAIT_MS)
 

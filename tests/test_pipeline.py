@@ -1,6 +1,6 @@
 """The pipeline's scheduling: batches across streams, fairness, the live crop cap, a stream
-removed while its frames are in flight, a failing frame isolated; and the property that a frame
-scores the same live as through ``dfstream score``.
+removed while its frames are in flight, a failing frame isolated; the property that a frame
+scores the same live as through ``dfstream score``; and an alert's heatmap beside its evidence.
 
 Real RetinaFace weights, a random-weight ``tiny`` CLIP scorer, a real redis-server; sources are
 ``ListSource`` (always a frame ready, so no assertion depends on timing).
@@ -13,17 +13,27 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import orjson
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from engines.calibrated import CalibratedScorer
 from engines.calibration import Calibrator
+from engines.clip_detector import random_detector
 from engines.retinaface.torch_detector import RetinaFaceDetector
 from stream.analysis import EVERY_FACE, Analyser, CropPolicy
-from stream.config import FaceSettings, PipelineSettings, RedisSettings, ScoringSettings
+from stream.config import (
+    FaceSettings,
+    PipelineSettings,
+    RedisSettings,
+    ScoringSettings,
+    Thresholds,
+)
 from stream.faces import FaceStage
+from stream.heatmaps import HeatmapWorker
 from stream.pipeline import Pipeline
 from stream.publish.publisher import Publisher
 from stream.samples import FacePlacement, compose_frame
@@ -51,22 +61,29 @@ def live_analyser(
 
 @contextlib.asynccontextmanager
 async def running(
-    analyser: Analyser, settings: PipelineSettings, redis_url: str
+    analyser: Analyser, settings: PipelineSettings, redis_url: str, heatmaps: bool = False
 ) -> AsyncIterator[Pipeline]:
+    """A started pipeline; with ``heatmaps`` it computes them as the service does, with the
+    scorer's random ``tiny`` detector (same seed, same weights)."""
     publisher = Publisher.from_settings(RedisSettings(), redis_url)
     await publisher.start()
     assert await publisher.wait_connected(5)
-    pipeline = Pipeline(analyser, publisher, settings)
+    worker = HeatmapWorker(lambda: random_detector("tiny"), publisher.put_heatmap) \
+        if heatmaps else None
+    pipeline = Pipeline(analyser, publisher, settings, heatmaps=worker)
     pipeline.start()
     try:
         yield pipeline
     finally:
         pipeline.stop()
+        if worker is not None:
+            worker.close()
         await publisher.close()
 
 
-def add(pipeline: Pipeline, source: ListSource | PyAVSource) -> None:
-    scoring = StreamScoring.from_settings(source.stream_id, ScoringSettings())
+def add(pipeline: Pipeline, source: ListSource | PyAVSource,
+        scoring_settings: ScoringSettings | None = None) -> None:
+    scoring = StreamScoring.from_settings(source.stream_id, scoring_settings or ScoringSettings())
     pipeline.publisher.stream_online(source.stream_id, epoch=1)
     pipeline.add(source, scoring)  # type: ignore[arg-type]
     source.start()
@@ -210,3 +227,49 @@ async def test_a_frame_scores_the_same_live_as_through_dfstream_score(
     assert len(common) >= 0.8 * len(scored), (len(live), len(scored), len(common))
     differences = [abs(live[t] - scored[t]) for t in common]
     assert max(differences) <= 1e-5, max(differences)
+
+
+ALWAYS = ScoringSettings(thresholds=Thresholds(enter=0.0, exit=0.0, min_duration_s=0.0,
+                                               cooldown_s=0.0))
+"""Any face alerts (the random scorer gives p in (0, 1))."""
+NEVER = ScoringSettings(thresholds=Thresholds(enter=1.0, exit=1.0))
+
+
+def alert_ids(client: redis.Redis, stream: str) -> set[str]:
+    events = [orjson.loads(fields[b"event"]) for _, fields in client.xrange("dfstream:events")]
+    return {e["event_id"] for e in events
+            if e["stream"] == stream and e["type"].startswith("alert.")}
+
+
+async def test_an_alert_has_a_heatmap_beside_its_evidence_and_no_alert_has_none(
+    face_detector: RetinaFaceDetector, scorer: CalibratedScorer, redis_url: str
+) -> None:
+    settings = PipelineSettings(max_frames=4, max_wait_ms=0)
+    analyser = live_analyser(face_detector, scorer, settings)
+    client = redis.Redis.from_url(redis_url)
+    async with running(analyser, settings, redis_url, heatmaps=True) as pipeline:
+        alerting, calm = sources(["alerting", "calm"], [FACE], pipeline)
+        add(pipeline, alerting, ALWAYS)
+        add(pipeline, calm, NEVER)
+        calm_slot = pipeline.slot("calm")
+        assert calm_slot is not None
+        await until(lambda: any(client.exists(f"dfstream:heatmap:{event_id}")
+                                for event_id in alert_ids(client, "alerting")))
+        await until(lambda: calm_slot.faces >= 3)  # the calm stream's faces were scored too
+        for name in ("alerting", "calm"):
+            pipeline.remove(name)
+    # Closed: every heatmap handed over is written by now.
+    alerts = alert_ids(client, "alerting")
+    stored = {key.decode().removeprefix("dfstream:heatmap:")
+              for key in client.scan_iter("dfstream:heatmap:*")}
+    assert stored and stored <= alerts
+    assert alert_ids(client, "calm") == set()
+    for event_id in stored:
+        heatmap = client.get(f"dfstream:heatmap:{event_id}")
+        evidence = client.get(f"dfstream:evidence:{event_id}")
+        assert isinstance(heatmap, bytes) and evidence is not None and heatmap != evidence
+        picture = cv2.imdecode(np.frombuffer(heatmap, np.uint8), cv2.IMREAD_COLOR)
+        assert picture is not None and picture.shape == (224, 224, 3)
+        ttl = client.ttl(f"dfstream:heatmap:{event_id}")
+        assert 0 < ttl <= RedisSettings().evidence_ttl_s
+    client.close()

@@ -156,6 +156,36 @@ async def test_scores_state_events_evidence_and_liveness(
     await client.aclose()
 
 
+async def test_heatmaps_are_stored_beside_the_evidence_with_its_ttl(
+    redis_url: str, started: list[Publisher]
+) -> None:
+    pub = await start(started, redis_url, evidence_ttl_s=600)
+    assert await pub.wait_connected(5)
+    pub.put_evidence("cam1-1000-1", b"\xff\xd8 crop")
+    pub.put_heatmap("cam1-1000-1", b"\xff\xd8 heatmap of an earlier peak")
+    pub.put_heatmap("cam1-1000-1", b"\xff\xd8 heatmap")  # the latest one wins
+    assert await pub.flush(5)
+    client = aioredis.Redis.from_url(redis_url)
+    assert await client.get("dfstream:evidence:cam1-1000-1") == b"\xff\xd8 crop"
+    assert await client.get("dfstream:heatmap:cam1-1000-1") == b"\xff\xd8 heatmap"
+    assert 0 < await client.ttl("dfstream:heatmap:cam1-1000-1") <= 600
+    await client.aclose()
+    stats = pub.stats
+    assert (stats.evidence_written, stats.heatmaps_written) == (1, 1)
+    assert (stats.evidence_dropped, stats.heatmaps_dropped) == (0, 0)
+
+
+def test_heatmaps_waiting_for_redis_are_bounded_like_the_evidence() -> None:
+    from stream.publish.publisher import EVIDENCE_PENDING
+
+    pub = Publisher(f"redis://127.0.0.1:{free_tcp_port()}", **FAST)  # never started
+    for n in range(EVIDENCE_PENDING + 3):
+        pub.put_heatmap(f"cam1-1000-{n}", b"\xff\xd8")
+    pub.put_evidence("cam1-1000-0", b"\xff\xd8")
+    stats = pub.stats
+    assert (stats.heatmaps_dropped, stats.evidence_dropped) == (3, 0)
+
+
 async def test_stopping_a_stream_in_alert_ends_the_alert_first(
     redis_url: str, started: list[Publisher]
 ) -> None:

@@ -527,6 +527,17 @@ def test_evidence_is_in_redis_when_alert_start_is_announced(
         pubsub.close()
         client.close()
     assert api.get("/api/evidence/no-such-event").status_code == 404
+    # Its heatmap follows, computed off the analysis path.
+    heatmap = wait_until(
+        lambda: (found := api.get(f"/api/heatmap/{start['event_id']}")).status_code == 200
+        and found,
+        timeout_s=60,
+    )
+    assert heatmap, "no heatmap for the alert"
+    assert heatmap.headers["content-type"] == "image/jpeg" and heatmap.content[:2] == b"\xff\xd8"
+    assert heatmap.content != image.content
+    missing = api.get("/api/heatmap/no-such-event")
+    assert missing.status_code == 404 and "no heatmap" in missing.json()["detail"]
 
 
 def test_live_feed_keeps_going_through_quiet_spells(

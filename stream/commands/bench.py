@@ -412,6 +412,32 @@ def bench_train(
     console.print_json(data=result)
 
 
+# --- heatmap --------------------------------------------------------------------------------------
+
+
+@bench_app.command("heatmap")
+def bench_heatmap(
+    arch: Annotated[str, typer.Option(help="tiny, ViT-B-16 or ViT-L-14.")] = "tiny",
+    seconds: Annotated[float, typer.Option(min=0.1, help="Measured seconds per case.")] = 3.0,
+    rounds: Annotated[int, typer.Option(min=1, max=50, help="Interleaved rounds.")] = 3,
+    threads: Annotated[int, typer.Option(min=0, max=256, help="torch CPU threads; 0: default.")]
+    = 0,
+    json_out: JsonOption = False,
+) -> None:
+    """ms per alert heatmap on the CPU, against the plain forward pass of the same model in the
+    same run."""
+    from engines.bench.heatmap import run_heatmap_benchmark
+    from engines.clip_detector import ARCHS
+
+    if arch not in ARCHS:
+        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
+    result = run_heatmap_benchmark(arch=arch, seconds=seconds, rounds=rounds, threads=threads)
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console.print_json(data=result)
+
+
 # --- crops ----------------------------------------------------------------------------------------
 
 

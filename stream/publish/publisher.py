@@ -1,6 +1,8 @@
-"""The Redis publisher: live scores, stream state, lossless events, evidence, liveness.
+"""The Redis publisher: live scores, stream state, lossless events, evidence and heatmaps,
+liveness.
 
-Messages are encoded by ``encoding``, events wait in an ``Outbox``, Redis runs ``scripts``.
+Messages are encoded by ``encoding``, events wait in an ``Outbox``, JPEGs in ``PendingImages``,
+Redis runs ``scripts``.
 
 The analysis loop never waits on Redis. Its calls (``publish``, ``put_evidence``,
 ``stream_online`` ...) only encode and enqueue; one writer task sends whatever is pending as a
@@ -24,7 +26,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -35,6 +37,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from stream.backoff import Backoff
 from stream.config import RedisSettings
 from stream.publish import encoding
+from stream.publish.images import PendingImages
 from stream.publish.outbox import Outbox, Outgoing
 from stream.publish.scripts import PUBLISH_MANY, RELEASE_SERVICE, WRITE_EVENT
 from stream.publish.state import StateWrites
@@ -48,7 +51,8 @@ log = logging.getLogger("dfstream.publish")
 SCORE_QUEUE_SIZE = 100_000
 """Score messages waiting for the writer; beyond this the oldest are dropped (counted)."""
 EVIDENCE_PENDING = 256
-"""Evidence JPEGs waiting for Redis (the latest per alert); beyond this the oldest are dropped."""
+"""Evidence JPEGs waiting for Redis (the latest per alert), and as many heatmaps; beyond this
+the oldest are dropped."""
 MAX_SCORES_PER_TICK = 4096
 SCORES_PER_SCRIPT = 256
 """Score messages per PUBLISH script call; Redis runs one such call in well under a ms."""
@@ -70,6 +74,8 @@ class PublisherStats:
     """Events lost because the outbox was full; anything above 0 is an incident."""
     evidence_written: int = 0
     evidence_dropped: int = 0
+    heatmaps_written: int = 0
+    heatmaps_dropped: int = 0
     reconnects: int = 0
     last_error: str | None = None
 
@@ -112,7 +118,8 @@ class Publisher:
         self._channels: dict[str, str] = {}
         self._outbox = Outbox(config.outbox_size)
         self._lock = threading.Lock()
-        self._evidence: OrderedDict[str, bytes] = OrderedDict()
+        self._evidence = PendingImages("evidence", self.keys.evidence, EVIDENCE_PENDING)
+        self._heatmaps = PendingImages("heatmap", self.keys.heatmap, EVIDENCE_PENDING)
         self._epochs: dict[str, int] = {}
         self._last_seq: dict[str, int] = {}
         self._online: set[str] = set()
@@ -175,7 +182,8 @@ class Publisher:
             events_done = oldest is None or oldest > target_events
             scores_done = self._scores_done >= target_scores
             state_done = self._states.done >= target_state
-            if events_done and scores_done and state_done and not self._evidence:
+            images_done = not (self._evidence or self._heatmaps)
+            if events_done and scores_done and state_done and images_done:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -213,7 +221,11 @@ class Publisher:
     def stats(self) -> PublisherStats:
         with self._lock:
             self._stats.events_pending = len(self._outbox)
-        return PublisherStats(**asdict(self._stats))
+            self._stats.evidence_written = self._evidence.written
+            self._stats.evidence_dropped = self._evidence.dropped
+            self._stats.heatmaps_written = self._heatmaps.written
+            self._stats.heatmaps_dropped = self._heatmaps.dropped
+            return PublisherStats(**asdict(self._stats))
 
     @property
     def connected(self) -> bool:
@@ -298,12 +310,14 @@ class Publisher:
     def put_evidence(self, event_id: str, jpeg: bytes) -> None:
         """The JPEG of an alert's peak crop (``ScoreResult.evidence``); the latest one wins."""
         with self._lock:
-            self._evidence.pop(event_id, None)
-            self._evidence[event_id] = bytes(jpeg)
-            while len(self._evidence) > EVIDENCE_PENDING:
-                dropped, _ = self._evidence.popitem(last=False)
-                self._stats.evidence_dropped += 1
-                log.error("evidence for %s dropped: Redis has been unreachable too long", dropped)
+            self._evidence.put(event_id, jpeg)
+        self._notify()
+
+    def put_heatmap(self, event_id: str, jpeg: bytes) -> None:
+        """The JPEG of the detector's heatmap over that crop (stream/heatmaps.py); the latest
+        one wins. Same TTL as the evidence."""
+        with self._lock:
+            self._heatmaps.put(event_id, jpeg)
         self._notify()
 
     # ----------------------------------------------------------------- encoding
@@ -362,7 +376,8 @@ class Publisher:
     # ----------------------------------------------------------------- the writer
 
     def _has_work(self) -> bool:
-        pending = self._scores or self._states.fields or self._outbox or self._evidence
+        pending = (self._scores or self._states.fields or self._outbox or self._evidence
+                   or self._heatmaps)
         now = time.monotonic()
         return bool(pending) or (
             self._stats.connected and (now >= self._service_due or now >= self._states.due_at())
@@ -457,18 +472,19 @@ class Publisher:
         assert client is not None
         with self._lock:
             events = self._outbox.head(MAX_EVENTS_PER_TICK)
-            evidence = list(self._evidence.items())
+            images = [(buffer, buffer.items()) for buffer in (self._evidence, self._heatmaps)]
             states, latest, state_covers = self._states.take()
             count = min(len(self._scores), MAX_SCORES_PER_TICK)
             scores = [self._scores.popleft() for _ in range(count)]
         renew = time.monotonic() >= self._service_due
         service_changes = self._service_changes
-        if not (events or evidence or states or latest or scores or renew):
+        if not (events or any(sent for _, sent in images) or states or latest or scores or renew):
             return False
         state_writes = StateWrites.hashes(states, latest)
         pipe = client.pipeline(transaction=False)
-        for event_id, jpeg in evidence:
-            pipe.set(self.keys.evidence(event_id), jpeg, ex=self.config.evidence_ttl_s)
+        for buffer, sent in images:
+            for event_id, jpeg in sent:
+                pipe.set(buffer.key(event_id), jpeg, ex=self.config.evidence_ttl_s)
         mark = self.keys.outbox_mark(self.instance)
         write_event, publish_many = self._shas["write_event"], self._shas["publish_many"]
         for item in events:
@@ -499,7 +515,7 @@ class Publisher:
         done = time.perf_counter()
         with self._lock:
             self._states.written(latest, state_covers)
-        failure = self._settle(evidence, events, replies)
+        failure = self._settle(images, events, replies)
         with self._lock:
             self._stats.scores_published += len(scores)
             self._scores_done += len(scores)
@@ -515,23 +531,18 @@ class Publisher:
 
     def _settle(
         self,
-        evidence: list[tuple[str, bytes]],
+        images: list[tuple[PendingImages, list[tuple[str, bytes]]]],
         events: list[Outgoing],
         replies: list[Any],
     ) -> Exception | None:
         """Account for the replies; the first event write that failed, if any."""
-        evidence_replies = replies[: len(evidence)]
-        event_replies = replies[len(evidence) : len(evidence) + len(events)]
         failure: Exception | None = None
+        first = 0
         with self._lock:
-            for (event_id, jpeg), reply in zip(evidence, evidence_replies, strict=True):
-                if isinstance(reply, Exception):
-                    log.error("evidence %s not written, dropped: %s", event_id, reply)
-                    self._stats.evidence_dropped += 1
-                else:
-                    self._stats.evidence_written += 1
-                if self._evidence.get(event_id) is jpeg:
-                    del self._evidence[event_id]
+            for buffer, sent in images:
+                buffer.settle(sent, replies[first : first + len(sent)])
+                first += len(sent)
+            event_replies = replies[first : first + len(events)]
             written = 0
             for item, reply in zip(events, event_replies, strict=True):
                 if isinstance(reply, Exception):
