@@ -227,7 +227,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
 
     @app.delete("/api/streams/{stream_id}", status_code=204, tags=["streams"])
     async def remove_stream(stream_id: str) -> Response:
-        if not await service.remove_stream(stream_id):
+        if await service.remove_stream(stream_id) is None:
             raise HTTPException(404, detail=f"no stream {stream_id!r}")
         return Response(status_code=204)
 

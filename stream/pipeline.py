@@ -344,6 +344,8 @@ class Pipeline:
             if score.evidence is not None:
                 # Before the events: a listener that reacts to alert.start finds its evidence.
                 self._put_evidence(score, result)
+            if slot.analysed == 0:  # frames arrive: the stream is online (once per epoch)
+                self.publisher.stream_online(frame.stream_id)
             self.publisher.publish(score)
             slot.analysed += 1
             slot.faces += len(faces)

@@ -29,7 +29,7 @@ from stream.backoff import Backoff
 from stream.config import Settings, StreamSpec
 from stream.heatmaps import HeatmapWorker
 from stream.metrics import ServiceMetrics
-from stream.pipeline import Pipeline
+from stream.pipeline import Pipeline, StreamSlot
 from stream.publish.publisher import Publisher
 from stream.redis_contract import RedisKeys, connect
 from stream.redis_server import EmbeddedRedis
@@ -228,7 +228,7 @@ class Service:
             )
             self.pipeline.add(source, scoring, calibration)
             await self._register(spec)
-            self.publisher.stream_online(spec.id, epoch=epoch, url=spec.url)
+            self.publisher.stream_added(spec.id, epoch=epoch, url=spec.url)
             source.start()
             self.metrics.streams.set(len(self.pipeline.slots()))
         log.info("stream %s added (%s), epoch %d", spec.id, redact(spec.url), epoch)
@@ -236,13 +236,18 @@ class Service:
         assert found is not None
         return found
 
-    async def remove_stream(self, stream_id: str, *, reason: str = "removed") -> bool:
+    async def remove_stream(
+        self, stream_id: str, *, reason: str = "removed"
+    ) -> dict[str, Any] | None:
+        """Stop analysing a stream: its final view (status ``offline``; no frame of it is
+        analysed after it), or None when there is no such stream."""
         assert self.pipeline is not None and self.publisher is not None
         async with self._streams_lock:
             slot = self.pipeline.remove(stream_id)
             if slot is None:
-                return False
+                return None
             await asyncio.get_running_loop().run_in_executor(None, slot.source.stop)
+            ended = {**self._view(stream_id, slot), "status": "offline"}
             last = slot.last
             final = slot.scoring.finish(
                 seq=last.seq if last else 0,
@@ -259,7 +264,7 @@ class Service:
                     per_stream.remove(stream_id)
             self.metrics.streams.set(len(self.pipeline.slots()))
         log.info("stream %s stopped (%s)", stream_id, reason)
-        return True
+        return ended
 
     def list_streams(self) -> list[dict[str, Any]]:
         if self.pipeline is None:
@@ -269,8 +274,9 @@ class Service:
 
     def get_stream(self, stream_id: str) -> dict[str, Any] | None:
         slot = self.pipeline.slot(stream_id) if self.pipeline is not None else None
-        if slot is None:
-            return None
+        return None if slot is None else self._view(stream_id, slot)
+
+    def _view(self, stream_id: str, slot: StreamSlot) -> dict[str, Any]:
         stats = slot.source.stats()
         last = slot.last
         return {

@@ -202,6 +202,29 @@ def test_stream_added_and_removed_through_the_api(
     assert online["url"] == url and online["epoch"] >= 1
 
 
+def test_a_stream_that_never_connects_is_never_online(
+    api: httpx.Client, rdb: redis.Redis
+) -> None:
+    from stream.redis_server import free_tcp_port
+
+    url = f"rtsp://127.0.0.1:{free_tcp_port()}/nobody-serves-this"
+    assert api.post("/api/streams", json={"id": "dark", "url": url}).status_code == 201
+    # It keeps trying: its status says so, in the API and the state hash, never "online".
+    tried = wait_until(lambda: api.get("/api/streams/dark").json()["reconnects"] >= 1
+                       or api.get("/api/streams/dark").json()["last_error"], timeout_s=30)
+    assert tried, api.get("/api/streams/dark").json()
+    view = api.get("/api/streams/dark").json()
+    assert view["status"] in ("connecting", "reconnecting") and view["frames_analysed"] == 0
+    assert rdb.hget(f"{PREFIX}state:dark", "status") in ("connecting", "reconnecting")
+    assert api.delete("/api/streams/dark").status_code == 204
+
+    def lifecycle() -> list[str]:
+        return [e["type"] for e in events_of(rdb) if e["stream"] == "dark"]
+
+    assert wait_until(lambda: "stream.offline" in lifecycle(), timeout_s=10)
+    assert lifecycle() == ["stream.offline"]
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -318,7 +318,12 @@ async def _run(run: DemoRun) -> dict[str, Any]:
         end_live_feeds(api)  # open dashboards would hold the graceful shutdown
         server.should_exit = True
         await serving
+        # Each stream's final figures, from when its last frame was analysed (status offline).
+        ended = [await service.remove_stream(s["id"], reason="shutdown")
+                 for s in service.list_streams()]
+        snapshot = [view for view in ended if view is not None] or snapshot
         await service.close()
+        await asyncio.to_thread(probe.drain, sum(s["frames_analysed"] for s in snapshot))
         probe.stop()
     events = await _events_since(run, events_since)
     alerts = Counter(str(e.get("stream")) for e in events if e.get("type") == "alert.start")
@@ -339,6 +344,9 @@ async def _run(run: DemoRun) -> dict[str, Any]:
             **{k: demo_model.report[k] for k in ("build_s", "val", "test", "thresholds",
                                                   "cameras_p_fake")}},
         "thresholds": run.settings.scoring.thresholds.model_dump(),
+        "counted": "frames_analysed: frames analysed per stream until it stopped (each gave "
+                   "one live score message); scores_received: those messages this demo's own "
+                   "subscriber received; streams[].status: at the end (offline after shutdown)",
         "frames_analysed": {s["id"]: s["frames_analysed"] for s in snapshot},
         "streams": {s["id"]: {
             **{k: s[k] for k in ("status", "state", "p_stream", "fps_in", "fps_analysed",

@@ -71,6 +71,12 @@ class ScoreProbe(threading.Thread):
             pubsub.close()
             client.close()
 
+    def drain(self, expected: int, timeout_s: float = 3.0) -> None:
+        """Wait (a little) for the messages still in flight: until ``expected`` arrived."""
+        deadline = time.monotonic() + timeout_s
+        while sum(self.received.values()) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def stop(self) -> None:
         self._stopping.set()
         self.join(5)

@@ -123,6 +123,10 @@ class Publisher:
         self._epochs: dict[str, int] = {}
         self._last_seq: dict[str, int] = {}
         self._online: set[str] = set()
+        """Streams this process analyses (the liveness value lists them)."""
+        self._announced: set[str] = set()
+        """Streams whose ``stream.online`` was sent in their current epoch."""
+        self._urls: dict[str, str | None] = {}
         self._scores_submitted = 0
         self._scores_done = 0
         self._last_overflow_log = -1e9
@@ -233,11 +237,30 @@ class Publisher:
 
     # ----------------------------------------------------------------- what the pipeline calls
 
-    def stream_online(self, stream: str, *, epoch: int, url: str | None = None) -> None:
-        """The stream is analysed by this process from now on, under fencing ``epoch``."""
+    def stream_added(self, stream: str, *, epoch: int, url: str | None = None) -> None:
+        """The stream is analysed by this process from now on, under fencing ``epoch``; its
+        source is connecting, so its status is ``connecting`` until ``stream_online``."""
         self._epochs[stream] = epoch
+        self._urls[stream] = url
+        self._announced.discard(stream)
         self._online.add(stream)
         self._refresh_service()  # the liveness value lists the streams
+        self._queue_state(stream, {"status": StreamStatus.CONNECTING, "epoch": epoch})
+
+    def stream_online(self, stream: str, *, epoch: int | None = None,
+                      url: str | None = None) -> None:
+        """Frames of the stream arrive and are analysed: ``stream.online``, once per epoch
+        (later calls in the same epoch do nothing). Without ``epoch``/``url``, those given to
+        ``stream_added``."""
+        if epoch is not None and epoch != self._epochs.get(stream):
+            self.stream_added(stream, epoch=epoch, url=url)
+        if stream in self._announced:
+            return
+        self._announced.add(stream)
+        epoch = self._epochs.get(stream, 0)
+        url = url if url is not None else self._urls.get(stream)
+        self._online.add(stream)
+        self._refresh_service()
         self._queue_state(stream, {"status": StreamStatus.ONLINE, "epoch": epoch})
         shown_url = redact(url) if url is not None else None  # camera passwords stay out of Redis
         self._queue_event(
@@ -255,6 +278,7 @@ class Publisher:
         for event in final_events:
             self._queue_event(self._alert_event(event, epoch))
         self._online.discard(stream)
+        self._announced.discard(stream)
         self._refresh_service()
         self._queue_state(stream, {"status": StreamStatus.OFFLINE, "state": "clear", "alert": ""})
         self._queue_event(
