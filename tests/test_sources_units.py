@@ -158,6 +158,25 @@ def test_backoff_grows_to_the_cap_with_jitter_and_resets() -> None:
         Backoff(2.0, 1.0)
 
 
+def test_a_session_whose_frames_flowed_a_second_resets_the_backoff() -> None:
+    from stream.config import StreamSpec
+    from stream.sources.pyav import STABLE_AFTER_S, PyAVSource
+
+    ingest = IngestSettings(reconnect_base_s=0.5, reconnect_cap_s=30.0)
+    source = PyAVSource.from_spec(StreamSpec(id="cam", url="rtsp://127.0.0.1:1/x"), ingest)
+    now = time.monotonic()
+    for _ in range(6):  # a camera that kept failing: the delay grew towards the cap
+        source._schedule_retry(now)
+    assert source._schedule_retry(now) > 4.0
+    source._live_since = now - STABLE_AFTER_S  # then it came back and frames flowed a second
+    assert source._schedule_retry(now) <= ingest.reconnect_base_s
+    delays = []
+    for _ in range(3):  # sessions that dropped at once do not reset it: it grows again
+        source._live_since = now - 0.1
+        delays.append(source._schedule_retry(now))
+    assert delays[-1] >= 2.0, delays
+
+
 def _frame(seq: int) -> Frame:
     return Frame("s", seq, seq / 5, time.time(), rgb=np.zeros((4, 4, 3), np.uint8))
 

@@ -43,8 +43,10 @@ from stream.sources.watchdog import WATCHDOG, Watchdog
 
 log = logging.getLogger(__name__)
 
-STABLE_AFTER_S = 10.0
-"""A session live this long resets the backoff: the next failure retries at the base delay."""
+STABLE_AFTER_S = 1.0
+"""A session whose frames flowed this long resets the backoff: the next failure retries at the
+base delay. Short, so that a camera that restarts soon after it came back is retried promptly;
+not zero, so that a server that accepts and drops at once still backs off."""
 
 def _enable_ffmpeg_error_log() -> None:
     # PyAV discards FFmpeg's log by default, and with it the reason behind most errors
