@@ -20,7 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from engines.calibrated import CalibratedScorer
+from engines.calibrated import CalibratedScorer, CropScores
 from engines.calibration import Calibrator
 from engines.clip_detector import random_detector
 from engines.retinaface.torch_detector import RetinaFaceDetector
@@ -273,3 +273,35 @@ async def test_an_alert_has_a_heatmap_beside_its_evidence_and_no_alert_has_none(
         ttl = client.ttl(f"dfstream:heatmap:{event_id}")
         assert 0 < ttl <= RedisSettings().evidence_ttl_s
     client.close()
+
+
+class FailsOnce:
+    """A crop scorer that raises on its ``fail_on``-th call (an engine fault mid-stream)."""
+
+    def __init__(self, engine: CalibratedScorer, fail_on: int) -> None:
+        self.engine, self.fail_on, self.calls = engine, fail_on, 0
+        self.max_batch = engine.max_batch
+        self.calibrator = engine.calibrator
+
+    def score(self, crops: np.ndarray) -> CropScores:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("the engine failed on this batch")
+        return self.engine.score(crops)
+
+
+async def test_a_scorer_failing_mid_stream_costs_only_that_batch(
+    face_detector: RetinaFaceDetector, scorer: CalibratedScorer, redis_url: str
+) -> None:
+    settings = PipelineSettings(max_frames=2, max_wait_ms=0)
+    failing = FailsOnce(scorer, fail_on=3)
+    analyser = live_analyser(face_detector, failing, settings)  # type: ignore[arg-type]
+    async with running(analyser, settings, redis_url) as pipeline:
+        streams = sources(["a", "b"], [FACE], pipeline)
+        for source in streams:
+            add(pipeline, source)
+        await until(lambda: failing.calls > 3 and pipeline.batches >= 8)
+        for source in streams:
+            pipeline.remove(source.stream_id)
+    # The failed batch is counted, and batches went on after it (batches counts finished ones).
+    assert pipeline.engine_errors == 1 and pipeline.batches >= 8
