@@ -21,6 +21,23 @@ SCHEMA_VERSION = 1
 URL_SCHEMES = ("redis", "rediss", "unix")
 
 
+SERVICE_COMMANDS = (
+    "ping", "get", "set", "del", "incr", "incrby", "scan",
+    "hset", "hsetnx", "hget", "hgetall", "hdel", "hexists", "hincrby", "hkeys",
+    "xadd", "xrange", "xrevrange", "xread",
+    "publish", "subscribe", "psubscribe", "unsubscribe", "punsubscribe",
+    "evalsha", "script|load",
+)
+"""Every command the service, `dfstream watch` and the API send (their Lua scripts' too)."""
+
+
+def acl_rules(prefix: str = "dfstream:") -> list[str]:
+    """``ACL SETUSER <user> >PASSWORD`` rules for a least-privilege service user: its own
+    keys and channels only, and only the commands it sends (docs/redis.md, "A user of its own")."""
+    return ["on", "resetkeys", f"~{prefix}*", "resetchannels", f"&{prefix}*", "-@all",
+            *(f"+{command}" for command in SERVICE_COMMANDS)]
+
+
 class RedisUrlError(ValueError):
     """A Redis URL that cannot be used."""
 
