@@ -160,11 +160,38 @@ def test_http_404_is_retried_with_a_clear_error() -> None:
         assert "/missing.m3u8" in http.requests
 
 
-def test_garbage_over_http(bad_dir: Path) -> None:
+def test_garbage_over_http_says_it_is_not_a_video_and_gives_up(bad_dir: Path) -> None:
+    from stream.sources.pyav import CONTENT_FAILURES
+
     body = (bad_dir / "garbage.dat").read_bytes()
-    with HttpServer({"/cam.mp4": ("video/mp4", body)}) as http:
-        stats, frames = outcome(http.url("/cam.mp4"), until_status=("reconnecting", "failed"))
-    assert frames == 0 and stats.last_error
+    routes = {"/cam.mp4": ("video/mp4", body), "/empty.mp4": ("video/mp4", b""),
+              "/text.mp4": ("video/mp4", b"hello, this is not a video\n" * 50)}
+    with HttpServer(routes) as http:
+        for path in routes:
+            stats, frames = outcome(http.url(path), until_status=("failed",), timeout_s=30)
+            assert frames == 0 and stats.status == "failed", (path, stats)
+            error = stats.last_error or ""
+            assert error.startswith("the input is not a video FFmpeg can read"), (path, error)
+            assert f"the same {CONTENT_FAILURES} times in a row" in error, error
+            assert stats.reconnects == CONTENT_FAILURES - 1
+            assert http.requests.count(path) == CONTENT_FAILURES
+
+
+def test_a_file_that_never_decodes_a_frame_fails_and_says_why(bad_dir: Path,
+                                                              face_video_360p: Path) -> None:
+    # Bit-flipped: the container (its index) parses, but the coded frames are noise.
+    data = bytearray(face_video_360p.read_bytes())
+    start = data.index(b"mdat") + 4
+    noise = np.random.default_rng(1).integers(0, 256, len(data) - start, dtype=np.uint8)
+    moov = data.find(b"moov", start)
+    end = moov - 4 if moov > 0 else len(data)
+    data[start:end] = noise[: end - start].tobytes()
+    flipped = bad_dir / "flipped.mp4"
+    flipped.write_bytes(bytes(data))
+    stats, frames = outcome(str(flipped), until_status=("failed", "stopped"))
+    assert frames == 0
+    assert stats.status == "failed", stats
+    assert "before a single frame was decoded" in (stats.last_error or ""), stats.last_error
 
 
 def test_unreachable_host_backs_off() -> None:

@@ -29,13 +29,54 @@ _FORMAT_REFUSED = re.compile(r"Format (?:\S+ )?not on whitelist '(?P<allowed>[^'
 _HTTP_ERRORS = (av.error.HTTPError, av.error.HTTPClientError, av.error.HTTPServerError)
 
 
-class SourceFailure(Exception):
-    """A stream-level failure: ``permanent`` ones stop the source, others are retried."""
+_NOT_A_VIDEO = re.compile(r"moov atom not found|Invalid data found when processing input",
+                          re.IGNORECASE)
+"""FFmpeg's words for bytes that are not a video it can read (often guessed from the name)."""
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+
+class SourceFailure(Exception):
+    """A stream-level failure: ``permanent`` ones stop the source, others are retried.
+
+    ``content``: the source answered but what it sent is not a usable video. On the network
+    that may be a passing glitch, so it is retried, but only a few times in a row (the source
+    counts them); a refused connection or a timeout is retried for ever.
+    """
+
+    def __init__(self, message: str, *, permanent: bool, content: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.permanent = permanent
+        self.content = content
+
+
+class ContentStrikes:
+    """The same content failure ``limit`` times in a row with no frame in between will not fix
+    itself: the last one is made permanent and says so. A session that ended before its first
+    frame counts as a content failure (nothing usable arrived)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._last: str | None = None
+        self._count = 0
+
+    def verdict(self, failure: SourceFailure, *, frames: bool) -> SourceFailure:
+        """``frames``: the failed session decoded at least one frame."""
+        if frames:
+            self._last, self._count = None, 0
+            return failure
+        if failure.message.startswith("the stream ended"):
+            failure = SourceFailure("the stream ended before a single frame was decoded (a "
+                                    "corrupt input, or not a video)", permanent=False,
+                                    content=True)
+        if not failure.content or failure.permanent:
+            return failure
+        self._count = self._count + 1 if self._last == failure.message else 1
+        self._last = failure.message
+        if self._count < self.limit:
+            return failure
+        return SourceFailure(f"{failure.message}; the same {self._count} times in a row with no "
+                             "frame, so it is not retried (fix the source, then add the stream "
+                             "again)", permanent=True, content=True)
 
 
 def classify(
@@ -68,6 +109,9 @@ def classify(
         "processing input"
     ):
         detail += " (not a media format FFmpeg recognises)"
+    if isinstance(exc, av.error.FFmpegError) and _NOT_A_VIDEO.search(detail):
+        return SourceFailure(f"the input is not a video FFmpeg can read ({detail})",
+                             permanent=local, content=True)
     if isinstance(exc, _HTTP_ERRORS):
         # The server is there and answers; a stream that is not published yet or a
         # misconfigured origin may be fixed on its side, so keep trying (with backoff).

@@ -33,7 +33,7 @@ import av
 from stream.backoff import Backoff
 from stream.config import IngestSettings, StreamSpec
 from stream.sources.base import DropCause, Frame, FrameCallback, SourceStats, SourceStatus
-from stream.sources.failures import SourceFailure, classify
+from stream.sources.failures import ContentStrikes, SourceFailure, classify
 from stream.sources.mailbox import LatestFrameMailbox
 from stream.sources.rates import RateMeter
 from stream.sources.sampling import FpsCap, MediaClock, RealtimePacer
@@ -43,6 +43,8 @@ from stream.sources.watchdog import WATCHDOG, Watchdog
 
 log = logging.getLogger(__name__)
 
+CONTENT_FAILURES = 5
+"""The same content failure (not a video, nothing decodable) this often in a row: permanent."""
 STABLE_AFTER_S = 1.0
 """A session whose frames flowed this long resets the backoff: the next failure retries at the
 base delay. Short, so that a camera that restarts soon after it came back is retried promptly;
@@ -132,6 +134,7 @@ class PyAVSource:
         self._waiting = False
         self._last_progress = 0.0
         self._live_since: float | None = None
+        self._strikes = ContentStrikes(CONTENT_FAILURES)
         self._seq = 0
         self._frames_in = 0
         self._frames_decoded = 0
@@ -342,6 +345,10 @@ class PyAVSource:
                 end, failure = None, exc
             if end is End.ABANDONED:
                 return
+            if end is End.EOF and target.local and self._live_since is None:
+                end, failure = None, SourceFailure(
+                    "the file ended before a single frame was decoded (a corrupt input, or "
+                    "not a video)", permanent=True, content=True)
             if end is End.EOF:
                 if target.local and self.loop:
                     delay, looping = 0.0, True
@@ -360,6 +367,7 @@ class PyAVSource:
                 if not self._current(gen):
                     return
                 self._session_open = False
+                failure = self._strikes.verdict(failure, frames=self._live_since is not None)
                 self._last_error = failure.message
                 if failure.permanent:
                     self._status = SourceStatus.FAILED
