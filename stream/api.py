@@ -225,6 +225,16 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
             raise HTTPException(404, detail=f"no stream {stream_id!r}")
         return found
 
+    @app.get("/api/streams/{stream_id}/history", tags=["streams"])
+    async def stream_history(stream_id: str) -> dict[str, Any]:
+        """The stream's last two minutes of scores, oldest first: ``points`` of ``at`` (the
+        service's clock, as ``now``), ``p_stream`` (null: no face) and ``state``. Kept in this
+        process's memory only (live scores on Redis are Pub/Sub, which keeps nothing)."""
+        found = service.history(stream_id)
+        if found is None:
+            raise HTTPException(404, detail=f"no stream {stream_id!r}")
+        return found
+
     @app.delete("/api/streams/{stream_id}", status_code=204, tags=["streams"])
     async def remove_stream(stream_id: str) -> Response:
         if not await service.remove_stream(stream_id):
