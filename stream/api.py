@@ -2,7 +2,8 @@
 
 The app is built around a running ``Service``; it never touches frames itself. Auth is a bearer
 token (header, or a cookie set by opening the dashboard with ``?token=``) on every route but
-``/healthz`` and ``/readyz``; request bodies are capped before they are read.
+``/healthz``, ``/readyz`` and ``/favicon.ico``; a browser refused it gets a page saying how to get
+in, API clients the JSON 401. Request bodies are capped before they are read.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from stream.thresholds import ThresholdError, ThresholdUpdate
 if TYPE_CHECKING:
     from stream.service import Service
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/favicon.ico"})
 TOKEN_COOKIE = "dfstream_token"
 LIVE_MAX_HZ_PER_STREAM = 4.0
 LIVE_KEEPALIVE_S = 15.0
@@ -57,6 +58,15 @@ def readable_errors(errors: Any) -> list[dict[str, Any]]:
             "input": shown,
         })
     return readable
+
+
+def static_text(name: str) -> str:
+    return resources.files("stream").joinpath("static", name).read_text()
+
+
+def wants_html(request: Request) -> bool:
+    """A browser opening a page (it asks for text/html); API clients ask for JSON or anything."""
+    return request.method in ("GET", "HEAD") and "text/html" in request.headers.get("accept", "")
 
 
 def is_loopback(host: str) -> bool:
@@ -170,6 +180,11 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
         if supplied is None or not hmac.compare_digest(
             supplied.encode("utf-8", "replace"), token.encode()
         ):
+            if wants_html(request):  # a person: say how to get in (the /?token= link)
+                return HTMLResponse(
+                    static_text("unauthorized.html"), status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             return JSONResponse(
                 {"detail": "missing or wrong bearer token"},
                 status_code=401,
@@ -221,6 +236,16 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     @app.get("/api/streams/{stream_id}", tags=["streams"])
     async def get_stream(stream_id: str) -> dict[str, Any]:
         found = service.get_stream(stream_id)
+        if found is None:
+            raise HTTPException(404, detail=f"no stream {stream_id!r}")
+        return found
+
+    @app.get("/api/streams/{stream_id}/history", tags=["streams"])
+    async def stream_history(stream_id: str) -> dict[str, Any]:
+        """The stream's last two minutes of scores, oldest first: ``points`` of ``at`` (the
+        service's clock, as ``now``), ``p_stream`` (null: no face) and ``state``. Kept in this
+        process's memory only (live scores on Redis are Pub/Sub, which keeps nothing)."""
+        found = service.history(stream_id)
         if found is None:
             raise HTTPException(404, detail=f"no stream {stream_id!r}")
         return found
@@ -291,8 +316,16 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
                 TOKEN_COOKIE, request.query_params["token"], httponly=True, samesite="strict"
             )
             return response
-        page = resources.files("stream").joinpath("static/dashboard.html").read_text()
-        return HTMLResponse(page)
+        return HTMLResponse(static_text("dashboard.html"))
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        """The pages declare their icon inline; this is for the browser's own request (on a
+        JSON page, say), so that it finds one rather than a 404. Open, like /healthz."""
+        return Response(
+            static_text("favicon.svg"), media_type="image/svg+xml",
+            headers={"Cache-Control": "max-age=86400"},
+        )
 
     return app
 

@@ -41,6 +41,7 @@ from stream.analysis import Analyser, FrameAnalysis
 from stream.config import PipelineSettings
 from stream.faces import FrameFaces
 from stream.heatmaps import HeatmapWorker
+from stream.history import ScoreHistory
 from stream.metrics import ServiceMetrics
 from stream.publish.publisher import Publisher
 from stream.scoring import ScoreResult, StreamScoring
@@ -73,6 +74,8 @@ class StreamSlot:
     last_taken_at: float | None = None
     """When analysis last took a frame of it (monotonic clock)."""
     rate: RateMeter = field(default_factory=RateMeter)
+    history: ScoreHistory = field(default_factory=ScoreHistory)
+    """Its last two minutes of scores, for views that open late (the dashboard)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def analysed_fps(self) -> float:
@@ -350,6 +353,7 @@ class Pipeline:
             slot.analysed += 1
             slot.faces += len(faces)
             slot.last = score
+            slot.history.add(score.now, score.p_stream, score.state.value)
             slot.rate.mark()
             # Here too: the stream's series are dropped at its removal and must not come back.
             self.metrics.frames_analysed.labels(frame.stream_id).inc()

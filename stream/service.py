@@ -302,6 +302,20 @@ class Service:
             "config_version": slot.scoring.config_version,
         }
 
+    def history(self, stream_id: str) -> dict[str, Any] | None:
+        """The stream's recent scores (stream/history.py), oldest first; None: no such stream.
+        ``now`` is this service's clock, so that a viewer can place the points on its own."""
+        slot = self.pipeline.slot(stream_id) if self.pipeline is not None else None
+        if slot is None:
+            return None
+        now = time.time()
+        return {
+            "stream": stream_id,
+            "now": now,
+            "window_s": slot.history.window_s,
+            "points": [point._asdict() for point in slot.history.points(now)],
+        }
+
     def _source_stats(self) -> list[Any]:
         return [slot.source.stats() for slot in self.pipeline.slots()] if self.pipeline else []
 
