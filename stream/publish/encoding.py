@@ -71,6 +71,8 @@ def stream_event(
         "thresholds": None,
         "config_version": None,
         "reason": None,
+        "rule": None,
+        "statistic": None,
         "epoch": epoch,
         "evidence": None,
         **extra,
