@@ -474,3 +474,32 @@ def bench_crops(
         typer.echo(json.dumps(result, indent=2))
         return
     console.print_json(data=result)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[float, typer.Option(min=0.1, max=24 * 60, help="How long.")] = 30.0,
+    streams: Annotated[int, typer.Option(min=1, max=1024, help="Live streams.")] = 16,
+    interval: Annotated[float, typer.Option(min=1, max=3600, help="Seconds between "
+                                            "samples.")] = 30.0,
+    fps: Annotated[float, typer.Option(min=0.5, max=60, help="Analysis fps per stream.")] = 5.0,
+    arch: Annotated[str, typer.Option(help="Crop scorer architecture.")] = "tiny",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    json_out: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Streams analysed for --minutes while RSS, open fds, threads, Redis memory, fps and the
+    p99 latency are sampled every --interval; the slope of each says whether anything grows."""
+    from stream.bench.soak import SoakConfig, run
+
+    settings = settings_or_exit(config)
+    cfg = SoakConfig(minutes=minutes, streams=streams, interval_s=interval, fps=fps, arch=arch,
+                     device=device)
+    result = run(cfg, settings, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    slopes = {k: v["slope_per_hour"] for k, v in result["trends"].items()}
+    console.print(f"soak {minutes:g} min, {streams} streams: RSS {result['rss_idle_mb']} MB "
+                  f"idle, {result['rss_per_stream_mb']} MB per stream; slopes per hour: RSS "
+                  f"{slopes['rss_mb']} MB, fds {slopes['fds']}, threads {slopes['threads']}")
