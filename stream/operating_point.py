@@ -9,9 +9,10 @@ a trace of per-frame face scores. Each candidate parameter (``enter`` for hyster
 the real videos they are false alerts per stream-hour, on the fakes the first one gives the
 detection delay. The most sensitive candidate whose measured rate is at or below the target is
 proposed (found by bisection: stricter parameters give fewer alerts). The rate is measured,
-not taken from a formula: consecutive frames are correlated, so bounds such as Lorden's (at
-most one false alarm per ``e^h`` frames for CUSUM) are optimistic; that bound is reported
-beside the measurement for comparison.
+not taken from a formula: bounds such as Lorden's (at most one false alarm per ``e^h`` frames
+for CUSUM) assume independent frames and calibrated likelihood ratios, and consecutive frames
+of a camera are correlated, so the true rate can lie on either side of the bound; it is
+reported beside the measurement for comparison.
 """
 
 from __future__ import annotations
