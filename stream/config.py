@@ -81,6 +81,12 @@ class IngestSettings(Section):
         description="URL schemes a stream may use. Add 'file' to read local files (it also "
         "admits plain paths); concat, subfile, data and pipe stay refused unless added too.",
     )
+    network_deny: list[str] = Field(
+        default_factory=list, description="CIDRs network sources must not connect to, beyond "
+        "the defaults (link-local, cloud metadata, unspecified, multicast, broadcast).")
+    network_allow: list[str] = Field(
+        default_factory=list, description="CIDRs allowed even where a denial matches (e.g. a "
+        "camera on a link-local address).")
     protocol_whitelist: list[str] = Field(
         default_factory=lambda: [
             "file", "http", "https", "tcp", "tls", "udp", "rtp", "rtsp", "rtsps",
@@ -143,6 +149,19 @@ class IngestSettings(Section):
         description="Skipping starts only when the source rate is at least this many times "
         "the analysis fps.",
     )
+
+    @field_validator("network_deny", "network_allow")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/8 or fe80::/10") \
+                    from None
+        return values
 
     @field_validator("allowed_schemes", "protocol_whitelist", "formats", "codecs")
     @classmethod

@@ -35,10 +35,11 @@ from stream.config import IngestSettings, StreamSpec
 from stream.sources.base import DropCause, Frame, FrameCallback, SourceStats, SourceStatus
 from stream.sources.failures import ContentStrikes, SourceFailure, classify
 from stream.sources.mailbox import LatestFrameMailbox
+from stream.sources.netpolicy import DestinationRefused, resolve_host, url_host
 from stream.sources.rates import RateMeter
 from stream.sources.sampling import FpsCap, MediaClock, RealtimePacer
 from stream.sources.session import DecodeSession, End, last_error
-from stream.sources.urls import SourceTarget, UrlRefused, check_url, redact
+from stream.sources.urls import SourceTarget, UrlRefused, check_url, network_policy, redact
 from stream.sources.watchdog import WATCHDOG, Watchdog
 
 log = logging.getLogger(__name__)
@@ -416,6 +417,12 @@ class PyAVSource:
     def _session(self, gen: int, target: SourceTarget) -> End:
         """Open, read to the end; raises SourceFailure, returns how the session ended."""
         settings = self.settings
+        host = None if target.local else url_host(target.url)
+        if host:
+            try:  # what the name resolves to now, before every connect attempt
+                network_policy(settings).check_host(host, resolve_host)
+            except DestinationRefused as exc:
+                raise SourceFailure(f"{exc} (not retried)", permanent=True) from None
         opened_at = time.monotonic()
         with av.logging.Capture(local=True) as logs:
             try:

@@ -8,6 +8,9 @@ pipes, directly or through a playlist that refers to them. Two fences stop that:
 - FFmpeg's ``protocol_whitelist`` is set for every open, so nested opens (HLS segments, RTSP's
   RTP/TCP legs) are held to it too. A network stream never gets ``file`` or the other local
   protocols; a local file gets only those.
+
+A third, the network policy (``stream.sources.netpolicy``), keeps network sources away from
+cloud metadata services and link-local, unspecified, multicast and broadcast addresses.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from stream.config import IngestSettings
+from stream.sources.netpolicy import DestinationRefused, NetworkPolicy, url_host
 
 LOCAL_PROTOCOLS = frozenset({"file", "pipe", "fd", "concat", "concatf", "subfile", "data", "cache"})
 """FFmpeg protocols that read this machine (files, descriptors) or inline data."""
@@ -102,6 +106,12 @@ def check_url(url: str, settings: IngestSettings) -> SourceTarget:
         whitelist = tuple(p for p in configured if p in LOCAL_PROTOCOLS)
     else:
         whitelist = tuple(p for p in configured if p not in LOCAL_PROTOCOLS)
+        host = url_host(url)
+        if host:
+            try:  # names and literal addresses here; resolved addresses at each connect
+                network_policy(settings).check_host(host)
+            except DestinationRefused as exc:
+                raise UrlRefused(str(exc)) from None
     if scheme == "file":
         # An absolute path: FFmpeg cannot mistake a relative 'name:x.mp4' for a protocol.
         target_url = os.path.abspath(_file_url_path(url) if url[:5].lower() == "file:" else url)
@@ -120,3 +130,7 @@ def _file_url_path(url: str) -> str:
             raise UrlRefused(f"file URL names a remote host {host!r}")
         return unquote("/" + path)
     return rest
+
+
+def network_policy(settings: IngestSettings) -> NetworkPolicy:
+    return NetworkPolicy.build(settings.network_deny, settings.network_allow)
