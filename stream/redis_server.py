@@ -77,6 +77,8 @@ class EmbeddedRedis:
             "--dir", str(data_dir),
             "--save", "",
             "--appendonly", "yes" if self._persist_dir else "no",
+            # Persisting: every acknowledged write is on disk, so even a SIGKILL loses none.
+            "--appendfsync", "always" if self._persist_dir else "everysec",
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", str(Path(self._tmp.name) / "redis.log"),
@@ -115,6 +117,14 @@ class EmbeddedRedis:
         if self._process.stderr:
             self._process.stderr.close()
         self._process = None
+
+    def kill(self) -> None:
+        """End the server with SIGKILL (no shutdown, no final save): a crash, for chaos tests
+        and for a demo that must stop at once."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self.stop()
 
     def close(self) -> None:
         self.stop()

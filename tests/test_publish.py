@@ -289,6 +289,44 @@ async def test_redis_restart_mid_run_every_event_once_in_order(
         server.close()
 
 
+async def test_redis_killed_and_restarted_three_times_loses_and_repeats_nothing(
+    tmp_path: Path, started: list[Publisher]
+) -> None:
+    server = EmbeddedRedis(port=free_tcp_port(), persist_dir=tmp_path).start()
+    try:
+        pub = await start(started, server.url)
+        assert await pub.wait_connected(5)
+        pub.stream_online("cam1", epoch=2)
+        scorer = StreamScoring("cam1", TOGGLE)
+        expected: list[tuple[str, str, int]] = [("stream.online", "", 0)]
+        crashes = {60: server.kill, 140: server.stop, 220: server.kill}  # SIGKILL, SHUTDOWN
+        for seq in range(300):
+            result = frame(scorer, seq, 0.9 if seq % 2 == 0 else 0.1)
+            pub.publish(result)
+            expected += [identity(e) for e in result.events]
+            if seq in crashes:
+                crashes[seq]()
+            if seq - 40 in crashes:
+                server.start()
+            await asyncio.sleep(0.005)
+        final = scorer.finish(seq=300, pts=75.0, captured_at=1075.0, now=75.0)
+        pub.stream_offline("cam1", reason="removed", final_events=final)
+        expected += [identity(e) for e in final] + [("stream.offline", "", 0)]
+        assert await pub.flush(10)
+
+        def lifecycle_blind(ids: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+            return [(t, "", 0) if t.startswith("stream.") else (t, i, s) for t, i, s in ids]
+
+        stored = lifecycle_blind([identity(e) for _, e in entries(server.url)])
+        assert stored == lifecycle_blind(expected)  # 0 lost, 0 repeated, in order
+        kinds = [t for t, _, _ in stored]
+        assert kinds.count("alert.start") == kinds.count("alert.end") > 10
+        assert pub.stats.reconnects >= 3 and pub.stats.outbox_overflow == 0
+        await pub.close()
+    finally:
+        server.close()
+
+
 class CuttingProxy:
     """A TCP proxy in front of Redis that, when armed, passes one request on to Redis and then
     drops the client's connection before the reply: the write landed, its sender cannot know."""
