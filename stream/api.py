@@ -28,6 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stream.config import StreamSpec
 from stream.sources.urls import redact
 from stream.thresholds import ThresholdError, ThresholdUpdate
+from stream.webrtc.routes import PREFIX as WHIP_PREFIX
+from stream.webrtc.routes import whip_router
 
 if TYPE_CHECKING:
     from stream.service import Service
@@ -67,6 +69,10 @@ def static_text(name: str) -> str:
 def wants_html(request: Request) -> bool:
     """A browser opening a page (it asks for text/html); API clients ask for JSON or anything."""
     return request.method in ("GET", "HEAD") and "text/html" in request.headers.get("accept", "")
+
+
+def is_whip(path: str) -> bool:
+    return path == WHIP_PREFIX or path.startswith(WHIP_PREFIX + "/")
 
 
 def is_loopback(host: str) -> bool:
@@ -168,7 +174,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     async def bearer_auth(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        if token is None or request.url.path in OPEN_PATHS:
+        if token is None or request.url.path in OPEN_PATHS or is_whip(request.url.path):
             return await call_next(request)
         supplied = request.cookies.get(TOKEN_COOKIE)
         header = request.headers.get("authorization", "")
@@ -191,6 +197,10 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return await call_next(request)
+
+    if settings.webrtc.enabled:
+        # WHIP checks its own bearer tokens (the API's, or a stream's publish token).
+        app.include_router(whip_router(lambda: service.whip, settings.webrtc, token))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

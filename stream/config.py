@@ -7,6 +7,7 @@ Nested fields are set from the environment with ``__``, e.g. ``DFSTREAM_REDIS__U
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from contextvars import ContextVar
@@ -316,6 +317,62 @@ class PipelineSettings(Section):
     )
 
 
+class IceServer(Section):
+    """A STUN or TURN server offered to publishers (and used by the service's own ICE agent)."""
+
+    urls: list[str] = Field(..., min_length=1, description="stun:, turn: or turns: URLs.")
+    username: str | None = Field(None, description="TURN user name.")
+    credential: str | None = Field(None, description="TURN password.")
+
+    @field_validator("urls")
+    @classmethod
+    def _ice_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not re.match(r"^(stun|stuns|turn|turns):[^\s]+$", url):
+                raise ValueError(f"{url!r} is not a stun:, turn: or turns: URL")
+        return urls
+
+
+class WebRTCSettings(Section):
+    """WebRTC ingest over WHIP (stream/webrtc/, docs/webrtc.md)."""
+
+    enabled: bool = Field(True, description="Serve WHIP at POST /whip/{stream} on the API.")
+    ice_servers: list[IceServer] = Field(
+        default_factory=list,
+        description="STUN/TURN servers; empty: host candidates only (no public STUN server "
+        "is ever added on its own).",
+    )
+    host_addresses: list[str] = Field(
+        default_factory=list,
+        description="IP addresses offered as host candidates; empty: every address of the "
+        "machine but loopback (the ICE library's default).",
+    )
+    session_timeout_s: float = Field(
+        15.0, ge=1, le=3600,
+        description="A session without a video frame this long (publisher gone, consent "
+        "lapsed) ends, and its stream goes offline.",
+    )
+    max_sessions: int = Field(32, ge=1, le=10_000, description="Concurrent WHIP publishers.")
+    decoder_threads: int = Field(
+        1, ge=1, le=64, description="Decoder threads per WHIP stream (slice threads)."
+    )
+    publish_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-stream publish tokens (stream id -> token), accepted besides "
+        "api.token on that stream's WHIP routes.",
+    )
+
+    @field_validator("host_addresses")
+    @classmethod
+    def _addresses(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address") from None
+        return addresses
+
+
 class ApiSettings(Section):
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=0, le=65535, description="Bind port; 0 picks a free one.")
@@ -373,6 +430,7 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    webrtc: WebRTCSettings = Field(default_factory=WebRTCSettings)
     streams: list[StreamSpec] = Field(default_factory=list, description="Streams at start-up.")
 
     @field_validator("streams")

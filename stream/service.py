@@ -34,7 +34,7 @@ from stream.publish.publisher import Publisher
 from stream.redis_contract import RedisKeys, connect
 from stream.redis_server import EmbeddedRedis
 from stream.scoring import StreamScoring
-from stream.sources.base import DropCause
+from stream.sources.base import DropCause, FrameSource
 from stream.sources.pyav import PyAVSource
 from stream.sources.urls import UrlRefused, check_url, redact
 from stream.thresholds import (
@@ -43,6 +43,7 @@ from stream.thresholds import (
     ThresholdStore,
     ThresholdUpdate,
 )
+from stream.webrtc.sessions import WhipSessions
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Service:
         self.listener: ThresholdListener | None = None
         self.pipeline: Pipeline | None = None
         self.heatmaps: HeatmapWorker | None = None
+        self.whip: WhipSessions | None = None
         self._client: aioredis.Redis | None = None
         self._thresholds: ThresholdStore | None = None
         self._warm = False
@@ -128,6 +130,8 @@ class Service:
             heatmaps=self.heatmaps,
         )
         self.pipeline.start()
+        if settings.webrtc.enabled:
+            self.whip = WhipSessions(self, settings.webrtc, settings.ingest, self.pipeline.notify)
         self._status_task = asyncio.create_task(self._report_status(), name="dfstream-status")
         for spec in settings.streams:
             await self._start_configured(spec)
@@ -182,6 +186,8 @@ class Service:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.whip is not None:
+            await self.whip.close()
         if self.pipeline is not None:
             for slot in self.pipeline.slots():
                 await self.remove_stream(slot.source.stream_id, reason="shutdown")
@@ -200,14 +206,21 @@ class Service:
 
     # -- streams ------------------------------------------------------------------------------
 
-    async def add_stream(self, spec: StreamSpec) -> dict[str, Any]:
-        """Start analysing ``spec``. KeyError: the id is taken; ValueError: the URL is refused;
-        RedisError: Redis is unreachable (nothing is started)."""
+    def has_stream(self, stream_id: str) -> bool:
+        return self.pipeline is not None and self.pipeline.slot(stream_id) is not None
+
+    async def add_stream(
+        self, spec: StreamSpec, source: FrameSource | None = None
+    ) -> dict[str, Any]:
+        """Start analysing ``spec``, read from its URL or from ``source`` (a WHIP session's).
+        KeyError: the id is taken; ValueError: the URL is refused; RedisError: Redis is
+        unreachable (nothing is started)."""
         assert self.pipeline is not None and self.publisher is not None
-        try:
-            check_url(spec.url, self.settings.ingest)
-        except UrlRefused as exc:
-            raise ValueError(str(exc)) from None
+        if source is None:
+            try:
+                check_url(spec.url, self.settings.ingest)
+            except UrlRefused as exc:
+                raise ValueError(str(exc)) from None
         calibration = None
         if spec.calibration is not None:
             assert self.detector_info is not None
@@ -220,7 +233,10 @@ class Service:
             if self.pipeline.slot(spec.id) is not None:
                 raise KeyError(f"stream {spec.id!r} already exists")
             epoch = await self._next_epoch(spec.id)
-            source = PyAVSource.from_spec(spec, self.settings.ingest, on_frame=self.pipeline.notify)
+            if source is None:
+                source = PyAVSource.from_spec(
+                    spec, self.settings.ingest, on_frame=self.pipeline.notify
+                )
             assert self.listener is not None
             thresholds, version = self.listener.for_stream(spec.id)
             scoring = StreamScoring.from_settings(
@@ -237,10 +253,12 @@ class Service:
         return found
 
     async def remove_stream(
-        self, stream_id: str, *, reason: str = "removed"
+        self, stream_id: str, *, reason: str = "removed", forget: bool | None = None
     ) -> dict[str, Any] | None:
         """Stop analysing a stream: its final view (status ``offline``; no frame of it is
-        analysed after it), or None when there is no such stream."""
+        analysed after it), or None when there is no such stream. ``forget`` (default: when
+        removed) also drops it from the streams hash; a configured stream stopped at shutdown
+        stays there."""
         assert self.pipeline is not None and self.publisher is not None
         async with self._streams_lock:
             slot = self.pipeline.remove(stream_id)
@@ -256,7 +274,7 @@ class Service:
                 now=time.time(),
             )
             self.publisher.stream_offline(stream_id, reason=reason, final_events=final)
-            if reason == "removed":
+            if forget if forget is not None else reason == "removed":
                 await self._unregister(stream_id)
             # Its series go with it: streams that come and go (calls) must not pile them up.
             for per_stream in (self.metrics.frames_analysed, self.metrics.faces):
