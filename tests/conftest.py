@@ -16,6 +16,11 @@ from stream.samples import write_face_video
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
 
+IN_NETNS = os.environ.get("DFSTREAM_IN_NETNS") == "1"
+# tests/netns/ sends WebRTC traffic: it runs only inside the network namespace that
+# tests/test_webrtc_netns.py makes for it, never on the machine's own interfaces.
+collect_ignore = [] if IN_NETNS else ["netns"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Tests read real weights from the shared folder and never write to the user's store.

@@ -16,14 +16,14 @@ import av
 import httpx
 import numpy as np
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import VideoStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
 from stream.samples import face_frames
 
 VIDEO_CLOCK = 90_000
 
 
-class LoopingTrack(VideoStreamTrack):
+class LoopingTrack(MediaStreamTrack):
     """Frames of the moving face at ``fps``, looped; pts on the 90 kHz clock from 0."""
 
     kind = "video"
@@ -38,12 +38,12 @@ class LoopingTrack(VideoStreamTrack):
         self.sent_at: dict[int, float] = {}
         """Frame index -> wall-clock time it was handed to the encoder."""
         self._index = 0
-        self._start: float | None = None
+        self._began: float | None = None
 
     async def recv(self) -> av.VideoFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        due = self._start + self._index / self.fps
+        if self._began is None:
+            self._began = time.monotonic()
+        due = self._began + self._index / self.fps
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
