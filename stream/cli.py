@@ -77,6 +77,7 @@ def main() -> None:
 # Commands of each concern register themselves on the apps above.
 from stream.commands import (  # noqa: E402,F401
     bench,
+    bench_whip,
     data,
     demo,
     evaluate,

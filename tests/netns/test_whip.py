@@ -286,3 +286,16 @@ def test_headless_chromium_publishes_with_its_fake_camera(
     assert ended, "closing the page did not end the stream"
     assert time.monotonic() - closed_at <= TIMEOUT_S + 30
     assert not errors, errors
+
+
+def test_bench_whip_reports_latency_against_the_rtsp_baseline(tmp_path: Path) -> None:
+    from stream.bench.whip import run
+    from stream.config import Settings
+
+    result = run(Settings(), steps=[1], window_s=3.0, warmup_s=2.0, codec="VP8", fps=5.0,
+                 arch="tiny", media_dir=tmp_path)
+    (step,) = result["steps"]
+    assert step["publishers"] == 1 and step["end_to_end_ms"]["n"] > 0
+    assert step["rtsp_service_ms"]["n"] > 0 and step["whip_vs_rtsp_service_p50"] is not None
+    # The whole way includes the service's part: encode, network and decode come on top.
+    assert step["end_to_end_ms"]["p50"] >= step["service_ms"]["p50"]
