@@ -200,7 +200,9 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
 
     if settings.webrtc.enabled:
         # WHIP checks its own bearer tokens (the API's, or a stream's publish token).
-        app.include_router(whip_router(lambda: service.whip, settings.webrtc, token))
+        app.include_router(
+            whip_router(lambda: service.whip, settings.webrtc, token, service.metrics)
+        )
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

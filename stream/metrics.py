@@ -88,6 +88,13 @@ class ServiceMetrics:
         self.outbox_depth = Gauge(
             "dfstream_outbox_depth", "Events waiting for Redis", registry=r
         )
+        self.whip_sessions = Gauge(
+            "dfstream_whip_sessions", "WebRTC publishers connected over WHIP", registry=r
+        )
+        self.whip_refused = Counter(
+            "dfstream_whip_refused", "WHIP requests refused, by HTTP status", ["status"],
+            registry=r,
+        )
 
     def watch_sources(self, stats: Callable[[], Iterable[SourceStats]]) -> None:
         self.registry.register(SourceCollector(stats))

@@ -131,7 +131,9 @@ class Service:
         )
         self.pipeline.start()
         if settings.webrtc.enabled:
-            self.whip = WhipSessions(self, settings.webrtc, settings.ingest, self.pipeline.notify)
+            self.whip = WhipSessions(
+                self, settings.webrtc, settings.ingest, self.pipeline.notify, self.metrics
+            )
         self._status_task = asyncio.create_task(self._report_status(), name="dfstream-status")
         for spec in settings.streams:
             await self._start_configured(spec)

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from stream.config import STREAM_ID_PATTERN, WebRTCSettings
+from stream.metrics import ServiceMetrics
 from stream.webrtc import rtc
 from stream.webrtc.offer import OfferError, check_offer, parse_fragment
 from stream.webrtc.sessions import WhipError, WhipSessions
@@ -33,11 +34,13 @@ def whip_router(
     sessions: Callable[[], WhipSessions | None],
     settings: WebRTCSettings,
     api_token: str | None,
+    metrics: ServiceMetrics,
 ) -> APIRouter:
     """The WHIP routes; ``sessions`` gives the running service's sessions (None: starting)."""
     router = APIRouter(prefix=PREFIX, tags=["whip"])
 
     def refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+        metrics.whip_refused.labels(str(status)).inc()
         return JSONResponse({"detail": detail}, status_code=status,
                             headers={**cors(), **(headers or {})})
 

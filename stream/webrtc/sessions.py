@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from stream.config import IngestSettings, StreamSpec, WebRTCSettings
+from stream.metrics import ServiceMetrics
 from stream.sources.base import FrameCallback, FrameSource
 from stream.webrtc import rtc
 from stream.webrtc.offer import Fragment, Offer, OfferError
@@ -78,8 +79,10 @@ class WhipSessions:
         settings: WebRTCSettings,
         ingest: IngestSettings,
         on_frame: FrameCallback,
+        metrics: ServiceMetrics,
     ) -> None:
         rtc.configure(settings)
+        self.metrics = metrics
         self.host = host
         self.settings = settings
         self.ingest = ingest
@@ -129,6 +132,7 @@ class WhipSessions:
                 raise
             self._sessions[session_id] = session
             self._by_stream[stream_id] = session_id
+            self.metrics.whip_sessions.set(len(self._sessions))
             self._ensure_watching()
         log.info("WHIP session for stream %s started", stream_id)
         return session, answer
@@ -184,6 +188,7 @@ class WhipSessions:
             await self.host.remove_stream(session.stream_id, reason=reason, forget=True)
         self._sessions.pop(session_id, None)
         self._by_stream.pop(session.stream_id, None)
+        self.metrics.whip_sessions.set(len(self._sessions))
         with contextlib.suppress(Exception):
             await session.pc.close()
         log.info("WHIP session for stream %s ended: %s", session.stream_id, reason)

@@ -232,6 +232,11 @@ async def test_every_refusal_has_its_status(running: ServiceServer) -> None:
             full = WhipPublisher(f"{running.url}/whip/third", LoopingTrack(), token=TOKEN)
             with pytest.raises(RuntimeError, match="503"):
                 await full.start()
+            metrics = (await http.get(f"{running.url}/metrics", headers=auth)).text
+            assert "dfstream_whip_sessions 2.0" in metrics
+            for status in ("400", "401", "409", "412", "413", "415", "422", "428", "503"):
+                if status != "413":  # refused before the app sees it, by the body limit
+                    assert f'dfstream_whip_refused_total{{status="{status}"}}' in metrics, status
             await second.close()
         finally:
             await publisher.close()
