@@ -304,3 +304,23 @@ def test_bench_whip_reports_latency_against_the_rtsp_baseline(tmp_path: Path) ->
     assert step["rtsp_service_ms"]["n"] > 0 and step["whip_vs_rtsp_service_p50"] is not None
     # The whole way includes the service's part: encode, network and decode come on top.
     assert step["end_to_end_ms"]["p50"] >= step["service_ms"]["p50"]
+
+
+async def test_removing_a_whip_stream_through_the_api_ends_its_session(
+    running: ServiceServer, module_redis: EmbeddedRedis
+) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    publisher = WhipPublisher(f"{running.url}/whip/removed", LoopingTrack(), token=TOKEN)
+    await publisher.start()
+    assert len(await scores_of(module_redis.url, "removed", 1, timeout_s=60)) == 1
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.delete(f"{running.url}/api/streams/removed", headers=auth)
+                ).status_code == 204
+        assert publisher.location is not None
+        deadline = time.monotonic() + 10
+        status = 204
+        while status == 204 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            status = (await http.get(publisher.location, headers=auth)).status_code
+    assert status == 404, "the session outlived its stream"
+    await publisher.pc.close()
