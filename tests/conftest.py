@@ -18,7 +18,7 @@ SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
 
 IN_NETNS = os.environ.get("DFSTREAM_IN_NETNS") == "1"
 # tests/netns/ sends WebRTC traffic: it runs only inside the network namespace that
-# tests/test_webrtc_netns.py makes for it, never on the machine's own interfaces.
+# tests/test_netns.py makes for it, never on the machine's own interfaces.
 collect_ignore = [] if IN_NETNS else ["netns"]
 
 

@@ -10,10 +10,10 @@ checks every address it resolves to. Private ranges stay allowed by default, sin
 where cameras live; ``ingest.network_deny`` adds CIDRs to refuse and ``ingest.network_allow``
 CIDRs that override every denial (e.g. a camera on a link-local address).
 
-What this does not cover: FFmpeg resolves the name again itself, so a DNS answer that changes
-between the check and FFmpeg's connect (rebinding) and destinations reached through HTTP
-redirects or HLS segment URLs are not checked here; such streams are refused only when the
-first hop is.
+HTTP(S) and HLS sources go out through ``egress.py``, a proxy that applies this policy to every
+connection FFmpeg makes (redirects and segments included) at the address it checked. RTSP and
+RTMP are checked here before each connect; FFmpeg resolves their names again itself, so a DNS
+answer that changes between the check and its connect (rebinding) is not caught for them.
 """
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ class NetworkPolicy:
     def check_host(self, host: str, resolve: Resolver | None = None) -> None:
         """Refuse ``host`` by name, by literal address in any spelling, or (with ``resolve``)
         by any address it resolves to; DestinationRefused names the rule."""
+        self.vetted_addresses(host, resolve)
+
+    def vetted_addresses(self, host: str, resolve: Resolver | None = None) -> list[Address]:
+        """The addresses ``host`` stands for (its literal, or what ``resolve`` gives), every
+        one allowed; DestinationRefused naming the rule if any is not. Connecting to one of
+        these, not to the name, is what leaves no room for DNS rebinding."""
         name = host.strip().rstrip(".").lower()
         if name in METADATA_HOSTS:
             raise DestinationRefused(f"host {host!r} is a cloud metadata service name; refused "
@@ -90,6 +96,7 @@ class NetworkPolicy:
                 raise DestinationRefused(
                     f"destination {shown} is refused by the network policy: {why}; allow it "
                     "with ingest.network_allow if it really is a camera")
+        return addresses
 
 
 def _views(address: Address) -> list[Address]:

@@ -33,6 +33,7 @@ import av
 from stream.backoff import Backoff
 from stream.config import IngestSettings, StreamSpec
 from stream.sources.base import DropCause, Frame, FrameCallback, SourceStats, SourceStatus
+from stream.sources.egress import EgressProxy
 from stream.sources.failures import ContentStrikes, SourceFailure, classify
 from stream.sources.mailbox import LatestFrameMailbox
 from stream.sources.netpolicy import DestinationRefused, resolve_host, url_host
@@ -59,8 +60,11 @@ def _enable_ffmpeg_error_log() -> None:
         av.logging.set_level(av.logging.ERROR)
 
 
-def ffmpeg_options(target: SourceTarget, settings: IngestSettings) -> dict[str, str]:
-    """FFmpeg options for opening ``target``: whitelists and the protocol's own timeouts."""
+def ffmpeg_options(
+    target: SourceTarget, settings: IngestSettings, proxy_url: str | None = None
+) -> dict[str, str]:
+    """FFmpeg options for opening ``target``: whitelists, the protocol's own timeouts, and for
+    HTTP(S) the egress proxy every request goes through (redirects and HLS segments too)."""
     options = {
         "protocol_whitelist": ",".join(target.protocol_whitelist),
         "format_whitelist": ",".join(settings.formats),
@@ -76,6 +80,8 @@ def ffmpeg_options(target: SourceTarget, settings: IngestSettings) -> dict[str, 
     elif scheme in ("http", "https"):
         options["timeout"] = io_timeout_us
         options["rw_timeout"] = io_timeout_us  # also passed on to HLS segment requests
+        if proxy_url is not None:
+            options["http_proxy"] = proxy_url  # HLS passes it on to segment requests too
     elif not target.local:
         # Not 'timeout': for RTMP that option means "listen for an incoming connection".
         options["rw_timeout"] = io_timeout_us
@@ -120,6 +126,7 @@ class PyAVSource:
         self._cap = FpsCap(self.analysis_fps)
         self._pacer = RealtimePacer()
         self._target: SourceTarget | None = None
+        self._egress: EgressProxy | None = None
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -198,6 +205,9 @@ class PyAVSource:
                 log.warning("stream %s refused: %s", self.stream_id, exc)
                 return
             self._status = SourceStatus.CONNECTING
+            if self._target.scheme in ("http", "https"):
+                self._egress = EgressProxy(network_policy(self.settings),
+                                           timeout_s=self.settings.read_timeout_s)
             _enable_ffmpeg_error_log()
             self._spawn_reader(0.0)
         self._watchdog.watch(self)
@@ -222,6 +232,9 @@ class PyAVSource:
         deadline = time.monotonic() + self.settings.open_timeout_s + self.settings.read_timeout_s
         for thread in threads:
             thread.join(max(0.0, deadline + 5.0 - time.monotonic()))
+        egress, self._egress = self._egress, None
+        if egress is not None:
+            egress.close()
         stuck = [t.name for t in threads if t.is_alive()]
         if stuck:
             log.error("stream %s: reader threads still running after stop: %s",
@@ -429,10 +442,13 @@ class PyAVSource:
                 container = av.open(
                     target.url,
                     mode="r",
-                    options=ffmpeg_options(target, settings),
+                    options=ffmpeg_options(
+                        target, settings, self._egress.url if self._egress else None
+                    ),
                     timeout=(settings.open_timeout_s, settings.read_timeout_s),
                 )
             except Exception as exc:
+                self._raise_if_egress_refused()
                 raise classify(exc, local=target.local, phase="open",
                                timeout_s=settings.open_timeout_s,
                                elapsed_s=time.monotonic() - opened_at,
@@ -443,10 +459,15 @@ class PyAVSource:
                     analysis_fps=self.analysis_fps, clock=self._clock, cap=self._cap,
                     local=target.local, realtime=self.realtime,
                 )
-                return session.run()
+                end = session.run()
+                # FFmpeg skips an HLS segment it could not open and reads on: the refusal
+                # still decides.
+                self._raise_if_egress_refused()
+                return end
             except SourceFailure:
                 raise
             except Exception as exc:
+                self._raise_if_egress_refused()
                 raise classify(exc, local=target.local, phase="read",
                                timeout_s=settings.read_timeout_s,
                                ffmpeg_log=last_error(logs)) from exc
@@ -455,6 +476,14 @@ class PyAVSource:
                     container.close()
                 except Exception:
                     log.debug("closing %s failed", self.stream_id, exc_info=True)
+
+    def _raise_if_egress_refused(self) -> None:
+        refusal = self._egress.refusal() if self._egress is not None else None
+        if refusal is not None:
+            raise SourceFailure(
+                f"{refusal} (reached through a redirect or an HLS playlist; not retried)",
+                permanent=True,
+            )
 
 
 class _Report:

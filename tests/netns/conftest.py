@@ -12,5 +12,5 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if interfaces != ["lo"]:
         raise pytest.UsageError(
             f"the WebRTC tests send real traffic and run only in a network namespace with "
-            f"nothing but lo (found {interfaces}); run tests/test_webrtc_netns.py"
+            f"nothing but lo (found {interfaces}); run tests/test_netns.py"
         )
