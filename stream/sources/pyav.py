@@ -206,8 +206,9 @@ class PyAVSource:
                 return
             self._status = SourceStatus.CONNECTING
             if self._target.scheme in ("http", "https"):
-                self._egress = EgressProxy(network_policy(self.settings),
-                                           timeout_s=self.settings.read_timeout_s)
+                # Longer than FFmpeg's own timeouts, so that FFmpeg's decide and say so.
+                slack = 2 * max(self.settings.open_timeout_s, self.settings.read_timeout_s) + 1
+                self._egress = EgressProxy(network_policy(self.settings), timeout_s=slack)
             _enable_ffmpeg_error_log()
             self._spawn_reader(0.0)
         self._watchdog.watch(self)
