@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -146,8 +147,7 @@ class CompiledScorer:
             raise RuntimeError(f"{self.name}: call warmup() before scoring")
         crops = check_crops(crops)
         out = np.empty((crops.shape[0], NUM_CLASSES), dtype=np.float32)
-        stance = "fail_on_recompile" if self.compiled else "default"
-        with torch.inference_mode(), torch.compiler.set_stance(stance):
+        with torch.inference_mode(), self._no_recompiles():
             for part in batches(crops.shape[0], self.max_batch):
                 out[part] = self._run(crops[part]).float().cpu().numpy()
         return out
@@ -190,8 +190,12 @@ class CompiledScorer:
         """The fused SDPA kernels the engine runs (profiled on one batch-1 call)."""
         if not self.warm:
             raise RuntimeError(f"{self.name}: call warmup() first")
-        with torch.compiler.set_stance("fail_on_recompile" if self.compiled else "default"):
+        with self._no_recompiles():
             return attention_kernels(self._run, _zeros(1))
+
+    def _no_recompiles(self) -> AbstractContextManager[None]:
+        """After warm-up a compile would stall the live path for seconds: make it an error."""
+        return torch.compiler.set_stance("fail_on_recompile") if self.compiled else nullcontext()
 
 
 def _zeros(count: int) -> np.ndarray:
