@@ -64,6 +64,8 @@ class DetectorConfig(Protocol):
     @property
     def max_batch(self) -> int: ...
     @property
+    def compile_mode(self) -> str: ...
+    @property
     def allow_untrained(self) -> bool: ...
 
 
@@ -196,6 +198,7 @@ def load_detector(config: DetectorConfig) -> tuple[CropScorer, DetectorInfo]:
         precision=config.precision,
         max_batch=config.max_batch,
         model_key=info.weights_id,
+        compile_mode=config.compile_mode,
     )
     info = DetectorInfo(**{
         **asdict(info),

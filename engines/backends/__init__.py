@@ -86,9 +86,11 @@ def create_scorer(
     explicit_precision = precision != "auto"
     precision = resolve_precision(precision, device)
     if backend == "auto" and on_gpu:
-        backend, precision, compile_mode = _choose_gpu(
-            model.arch, model_key or _weights_key(model), device,
-            precision if explicit_precision else None, max_batch, _cache(cache_dir),
+        from engines.backends.engine_cache import device_name
+
+        backend, precision, compile_mode = choose_gpu_engine(
+            model.arch, model_key or _weights_key(model), device_name(torch.device(device)),
+            precision if explicit_precision else None, precision, max_batch, _cache(cache_dir),
             compile_mode)
     elif backend == "auto":
         backend = _choose_cpu(model, precision, max_batch, _cache(cache_dir), model_key)
@@ -130,20 +132,22 @@ def create_scorer(
     )
 
 
-def _choose_gpu(
+def choose_gpu_engine(
     arch: str,
     weights: str,
-    device: str,
+    gpu: str,
     precision: str | None,
+    fallback_precision: str,
     max_batch: int,
     cache: Path,
     compile_mode: str,
 ) -> tuple[str, str, str]:
-    """(backend, precision, compile mode) for ``auto`` on a GPU; ``precision`` None: any."""
-    from engines.backends.engine_cache import EngineCache, device_name, fastest_gated
+    """(backend, precision, compile mode) for ``auto`` on the GPU model ``gpu``: the fastest
+    gated compiled engine in ``cache`` (of ``precision`` unless None), else TensorRT fp16 where
+    it imports, else eager torch at ``fallback_precision``."""
+    from engines.backends.engine_cache import EngineCache, fastest_gated
     from engines.backends.tensorrt_backend import tensorrt_available
 
-    gpu = device_name(torch.device(device))
     built = [m for m in EngineCache(cache).manifests()
              if m.key.max_batch == max_batch and precision in (None, m.key.precision)]
     best = fastest_gated(built, weights, arch, gpu)
@@ -152,15 +156,14 @@ def _choose_gpu(
                  "%.0f crops/s against eager %.0f", best.key.precision, best.key.mode, gpu,
                  best.crops_per_s or 0, best.eager_crops_per_s or 0)
         return "torch-compile", best.key.precision, best.key.mode
-    fallback = precision or resolve_precision("auto", device)
     if tensorrt_available() and precision in (None, "fp16"):
         log.info("crop scorer: tensorrt fp16 (no gated compiled engine for %s; TensorRT "
                  "imports)", gpu)
         return "tensorrt", "fp16", compile_mode
-    log.info("crop scorer: eager torch on %s, %s (no gated compiled engine built for %s at "
+    log.info("crop scorer: eager torch, %s (no gated compiled engine built for %s at "
              "max_batch %d: `dfstream engine build` makes one; TensorRT not available)",
-             device, fallback, gpu, max_batch)
-    return "torch", fallback, compile_mode
+             fallback_precision, gpu, max_batch)
+    return "torch", fallback_precision, compile_mode
 
 
 def _choose_cpu(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
@@ -105,8 +106,10 @@ class CompiledScorer:
         compile: bool = True,
         cache: EngineCache | None = None,
         weights: str | None = None,
+        buckets: Sequence[int] | None = None,
     ) -> None:
-        """``weights`` (the bundle's sha256) names the engine in ``cache``; both or neither."""
+        """``weights`` (the bundle's sha256) names the engine in ``cache``; both or neither.
+        ``buckets`` replaces the powers of two (each bucket is one more compilation)."""
         dtype = base_dtype(precision)
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
@@ -115,7 +118,10 @@ class CompiledScorer:
         target = resolve_scorer_device(device)
         if precision == "fp8" and (reason := fp8_unavailable(target)):
             raise BackendUnavailable(reason)
-        self.buckets = batch_buckets(max_batch)
+        self.buckets = sorted(set(buckets)) if buckets else batch_buckets(max_batch)
+        if self.buckets[0] < 1 or self.buckets[-1] != max_batch:
+            raise ValueError(f"buckets {self.buckets} must be >= 1 and end at max_batch "
+                             f"{max_batch}")
         self.model = prepare_model(model, target, dtype)
         use_sdpa_attention(self.model)
         self.fp8_layers = len(quantize_fp8(self.model)) if precision == "fp8" else 0
