@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -137,15 +138,17 @@ def gated_engine(
     weights: str,
     rerun_gate: bool = False,
     measure: bool = False,
+    buckets: Sequence[int] | None = None,
 ) -> tuple[CompiledScorer, EngineManifest]:
     """A warmed compiled engine that has passed its gate (run now unless the cache holds a
     verdict for this key, or ``rerun_gate``); EngineRefused when it fails or failed.
 
     ``model`` is left as loaded (float32, CPU): the engine and the reference get copies.
-    ``measure`` also records crops/s of engine and reference at max_batch in the manifest.
+    ``measure`` also records crops/s of engine and reference at max_batch in the manifest;
+    ``buckets`` replaces the powers of two up to max_batch.
     """
     engine = CompiledScorer(copy.deepcopy(model), device, precision, max_batch, mode,
-                            cache=cache, weights=weights)
+                            cache=cache, weights=weights, buckets=buckets)
     assert engine.key is not None
     recorded = cache.read(engine.key)
     if recorded is not None and recorded.gate is not None and not recorded.passed \

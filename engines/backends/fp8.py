@@ -14,7 +14,7 @@ from torch import nn
 MIN_CAPABILITY = (8, 9)
 """Ada and Hopper: the first GPUs with FP8 tensor cores."""
 TRANSFORMER_PREFIX = "visual.transformer."
-TORCHAO_HINT = "pip install 'dfstream[gpu]' (torchao)"
+TORCHAO_HINT = "pip install torchao (part of dfstream's `gpu` extra)"
 
 
 def fp8_unavailable(device: torch.device) -> str | None:
