@@ -294,7 +294,6 @@ def _prepare(
 def _make(model: LNCLIPDetector, engine: str, device: str, batches: list[int],
           compile_mode: str, cache: Path) -> CropScorer:
     """One engine on its own copy of the model (the torch backends move theirs in place)."""
-    from engines.backends.onnx_backend import OnnxRuntimeScorer, cached_onnx
     from engines.backends.torch_backend import TorchScorer
     from engines.checkpoints.files import tensors_sha256
 
@@ -312,6 +311,8 @@ def _make(model: LNCLIPDetector, engine: str, device: str, batches: list[int],
         scorer.warmup()
         return scorer
     on_gpu = torch.device(device).type == "cuda"
+    from engines.backends.onnx_backend import OnnxRuntimeScorer, cached_onnx
+
     if backend == "onnxruntime":
         if on_gpu:
             raise BackendUnavailable("onnxruntime is benchmarked on the CPU only")
