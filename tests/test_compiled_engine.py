@@ -189,9 +189,9 @@ def test_auto_takes_the_fastest_gated_engine_that_beats_eager(tmp_path: Path) ->
     choice = choose_gpu_engine("tiny", "w" * 64, "NVIDIA H200", None, "bf16", 32, tmp_path,
                                "reduce-overhead")
     assert choice == ("torch-compile", "bf16", "max-autotune")
-    fallback = choose_gpu_engine("tiny", "w" * 64, "NVIDIA H200", "fp8", "fp8", 32, tmp_path,
-                                 "reduce-overhead")
-    assert fallback == ("torch", "fp8", "reduce-overhead")  # then refused: fp8 is compiled-only
+    fp16 = choose_gpu_engine("tiny", "w" * 64, "NVIDIA H200", "fp16", "fp16", 32, tmp_path,
+                             "reduce-overhead")
+    assert fp16 == ("torch", "fp16", "reduce-overhead")  # the fp16 engine is slower than eager
     other_batch = choose_gpu_engine("tiny", "w" * 64, "NVIDIA H200", None, "bf16", 64,
                                     tmp_path, "reduce-overhead")
     assert other_batch == ("torch", "bf16", "reduce-overhead")
@@ -254,11 +254,13 @@ def test_bf16_is_the_gpu_default_where_the_gpu_has_it() -> None:
     assert settings.detector.compile_mode == "reduce-overhead"
 
 
-def test_fp8_is_the_compiled_engines_and_says_why_it_cannot_run_here() -> None:
+def test_fp8_is_the_compiled_engines_and_says_why_it_cannot_run_here(tmp_path: Path) -> None:
     reason = fp8_unavailable(torch.device("cpu"))
     assert reason is not None and "8.9" in reason and "\n" not in reason
     with pytest.raises(BackendUnavailable, match=r"8\.9"):
         CompiledScorer(scaled_tiny(), "cpu", "fp8", max_batch=2)
+    with pytest.raises(BackendUnavailable, match=r"8\.9"):  # auto: FP8 is the compiled engine's
+        create_scorer(scaled_tiny(), "auto", "cpu", "fp8", max_batch=2, cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="fp8"):
         load_settings(None, detector={"backend": "torch", "precision": "fp8"})
     model = scaled_tiny()

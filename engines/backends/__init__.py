@@ -85,6 +85,8 @@ def create_scorer(
     on_gpu = torch.device(device).type == "cuda"
     explicit_precision = precision != "auto"
     precision = resolve_precision(precision, device)
+    if backend == "auto" and precision == "fp8":
+        backend = "torch-compile"  # FP8 exists only there; it gates itself (or says why not)
     if backend == "auto" and on_gpu:
         from engines.backends.engine_cache import device_name
 
@@ -97,8 +99,8 @@ def create_scorer(
     if backend == "tensorrt" and not explicit_precision:
         precision = "fp16"  # TensorRT engines are fp16 or fp32
     if precision == "fp8" and backend != "torch-compile":
-        raise BackendUnavailable("fp8 is the compiled engine's precision: use backend "
-                                 "'torch-compile' (or 'auto')")
+        raise BackendUnavailable(f"fp8 is the compiled engine's precision: use backend "
+                                 f"'torch-compile' (or 'auto'), not {backend!r}")
     if backend == "torch":
         from engines.backends.torch_backend import TorchScorer
 

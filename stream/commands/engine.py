@@ -100,9 +100,11 @@ def engine_build(
 ) -> None:
     """Compile the detector for this device, gate it against eager torch on real face crops,
     time it, and record all of it; exit 1 when the gate refuses the engine."""
+    import torch
+
     from engines.backends.build import EngineRefused, gated_engine
     from engines.backends.compiled import COMPILE_MODES, COMPILED_PRECISIONS
-    from engines.backends.engine_cache import EngineCache
+    from engines.backends.engine_cache import EngineCache, engine_key
 
     if precision not in COMPILED_PRECISIONS:
         raise fail(f"--precision {precision!r}: use one of {', '.join(COMPILED_PRECISIONS)}", 2)
@@ -120,14 +122,13 @@ def engine_build(
                      measure=True)
     except EngineRefused as exc:
         refused = str(exc)
-    key_manifest = [m for m in cache.manifests() if m.key.weights == weights
-                    and m.key.precision == precision and m.key.mode == mode
-                    and m.key.max_batch == batch]
-    result = key_manifest[-1].as_dict() if key_manifest else {}
+    manifest = cache.read(engine_key(weights, model.arch, precision, torch.device(target), mode,
+                                      batch))
     if as_json:
-        typer.echo(json.dumps({**result, "refused": refused}, indent=2))
+        typer.echo(json.dumps({**(manifest.as_dict() if manifest else {}), "refused": refused},
+                              indent=2))
     else:
-        console.print_json(data=_summary(key_manifest[-1]) if key_manifest else {})
+        console.print_json(data=_summary(manifest) if manifest else {})
     if refused:
         raise fail(refused, 1)
 
