@@ -177,26 +177,33 @@ def _targets(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _ceilings(device: str, size: int, seconds: float, say: Progress) -> dict[str, Any]:
+def _significant(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant figures (CPU rates are tiny, GPU ones large)."""
+    return float(f"{value:.{digits}g}")
+
+
+def _ceilings(device: str, size: int, seconds: float, say: Progress,
+              report: dict[str, Any]) -> dict[str, float]:
+    """Measure the matmul ceilings into ``report``; returns them unrounded: 'bf16' (the
+    device's main one: bf16 on a GPU, fp32 on the CPU) and 'fp8' where FP8 runs."""
     from engines.backends.fp8 import fp8_unavailable
     from engines.bench.ceiling import fp8_matmul_tflops, matmul_tflops
 
     target = torch.device(device)
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-    say(f"measuring the {device} {str(dtype).removeprefix('torch.')} matmul ceiling "
-        f"({size}^3)")
-    out: dict[str, Any] = {
-        "matmul_ceiling_tflops": round(matmul_tflops(device, dtype, size, seconds), 2),
-        "matmul_ceiling_dtype": str(dtype).removeprefix("torch."),
-        "matmul_ceiling_size": size,
-    }
+    name = str(dtype).removeprefix("torch.")
+    say(f"measuring the {device} {name} matmul ceiling ({size}^3)")
+    ceilings = {"bf16": matmul_tflops(device, dtype, size, seconds)}
+    report.update(matmul_ceiling_tflops=_significant(ceilings["bf16"]),
+                  matmul_ceiling_dtype=name, matmul_ceiling_size=size)
     reason = fp8_unavailable(target)
     if reason is None:
         say(f"measuring the {device} FP8 matmul ceiling ({size}^3)")
-        out["fp8_matmul_ceiling_tflops"] = round(fp8_matmul_tflops(device, size, seconds), 2)
+        ceilings["fp8"] = fp8_matmul_tflops(device, size, seconds)
+        report["fp8_matmul_ceiling_tflops"] = _significant(ceilings["fp8"])
     else:
-        out["fp8_matmul_ceiling_skipped"] = reason
-    return out
+        report["fp8_matmul_ceiling_skipped"] = reason
+    return ceilings
 
 
 def run_scorer_benchmark(
@@ -234,8 +241,8 @@ def run_scorer_benchmark(
         "engines": {},
         "results": [],
     }
-    report.update(_ceilings(device, ceiling_size or (8192 if on_gpu else 1024),
-                            ceiling_seconds, say))
+    ceilings = _ceilings(device, ceiling_size or (8192 if on_gpu else 1024), ceiling_seconds,
+                         say, report)
     for arch in archs:
         spec = arch_spec(arch)
         flops = vit_flops_per_crop(spec)
@@ -251,12 +258,11 @@ def run_scorer_benchmark(
                 "precision": engine.split(":")[1], "batch": batch,
                 "device": scorers[engine].device, **point,
             }
-            row["achieved_tflops"] = round(row["crops_per_s"] * flops / 1e12, 4)
-            row["fraction_of_ceiling"] = round(
-                row["achieved_tflops"] / report["matmul_ceiling_tflops"], 4)
-            if row["precision"] == "fp8" and "fp8_matmul_ceiling_tflops" in report:
-                row["fraction_of_fp8_ceiling"] = round(
-                    row["achieved_tflops"] / report["fp8_matmul_ceiling_tflops"], 4)
+            tflops = row["crops_per_s"] * flops / 1e12
+            row["achieved_tflops"] = _significant(tflops)
+            row["fraction_of_ceiling"] = _significant(tflops / ceilings["bf16"])
+            if row["precision"] == "fp8" and "fp8" in ceilings:
+                row["fraction_of_fp8_ceiling"] = _significant(tflops / ceilings["fp8"])
             report["results"].append(row)
         _gate_compiled(scorers, report["engines"].setdefault(arch, {}), model, device,
                        batch_list[-1], say)
