@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from engines.backends.base import BackendUnavailable
+from engines.backends.base import BackendUnavailable, scorer_device
 from engines.backends.compiled import CompiledScorer
-from engines.backends.engine_cache import EngineCache, EngineManifest
+from engines.backends.engine_cache import EngineCache, EngineManifest, engine_key
 from engines.backends.torch_backend import TorchScorer
 from engines.clip_detector import LNCLIPDetector
 from engines.interfaces import CROP_SIZE, CropScorer
@@ -145,19 +145,22 @@ def gated_engine(
 
     ``model`` is left as loaded (float32, CPU): the engine and the reference get copies.
     ``measure`` also records crops/s of engine and reference at max_batch in the manifest;
-    ``buckets`` replaces the powers of two up to max_batch.
+    ``buckets`` replaces the sizes the cached engine was built with (else the powers of two).
     """
-    engine = CompiledScorer(copy.deepcopy(model), device, precision, max_batch, mode,
-                            cache=cache, weights=weights, buckets=buckets)
-    assert engine.key is not None
-    recorded = cache.read(engine.key)
+    key = engine_key(weights, model.arch, precision, scorer_device(device), mode, max_batch)
+    recorded = cache.read(key)
     if recorded is not None and recorded.gate is not None and not recorded.passed \
             and not rerun_gate and not measure:
-        raise EngineRefused(f"{engine.key.id} failed its accuracy gate earlier: "
+        raise EngineRefused(f"{key.id} failed its accuracy gate earlier: "
                             f"{recorded.gate.get('reason')} (rebuild with `dfstream engine "
                             "build` to try again)")
+    if buckets is None and recorded is not None and recorded.buckets:
+        buckets = recorded.buckets  # the sizes its cache holds compiled
+    engine = CompiledScorer(copy.deepcopy(model), device, precision, max_batch, mode,
+                            cache=cache, weights=weights, buckets=buckets)
+    assert engine.key == key
     engine.warmup()
-    manifest = cache.read(engine.key) or EngineManifest(key=engine.key)
+    manifest = cache.read(key) or EngineManifest(key=key)
     if manifest.gate is None or rerun_gate or measure:
         crops = gate_crops()
         ref_precision = reference_precision(precision, torch.device(engine.device))
@@ -173,9 +176,9 @@ def gated_engine(
             manifest.eager_crops_per_s = round(crops_per_second(reference, batch), 2)
         del reference
         cache.write(manifest)
-        log.info("%s: accuracy gate %s (p99 %.4g, Spearman %.5f)", engine.key.id,
+        log.info("%s: accuracy gate %s (p99 %.4g, Spearman %.5f)", key.id,
                  "passed" if result.passed else "FAILED", result.p99_abs_diff, result.spearman)
     if not manifest.passed:
-        raise EngineRefused(f"{engine.key.id} refused by its accuracy gate: "
+        raise EngineRefused(f"{key.id} refused by its accuracy gate: "
                             f"{(manifest.gate or {}).get('reason')}")
     return engine, manifest

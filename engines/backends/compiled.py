@@ -31,7 +31,7 @@ from engines.backends.base import scorer_device as resolve_scorer_device
 from engines.backends.engine_cache import EngineCache, EngineKey, EngineManifest, engine_key
 from engines.backends.fp8 import fp8_unavailable, quantize_fp8
 from engines.backends.sdpa import attention_kernels, use_sdpa_attention
-from engines.backends.torch_backend import prepare_model, to_device
+from engines.backends.torch_backend import prepare_model
 from engines.clip_detector import NUM_CLASSES, LNCLIPDetector
 from engines.interfaces import CROP_SIZE
 
@@ -73,7 +73,8 @@ def padded_input(chunk: np.ndarray, buckets: list[int], target: torch.device) ->
     count = chunk.shape[0]
     x = torch.empty((bucket_for(count, buckets), *chunk.shape[1:]), dtype=torch.uint8,
                     device=target)
-    x[:count].copy_(to_device(chunk, target), non_blocking=True)
+    source = torch.from_numpy(chunk)
+    x[:count].copy_(source.pin_memory() if target.type == "cuda" else source, non_blocking=True)
     x[count:].zero_()
     return x
 

@@ -196,8 +196,7 @@ def engine_bench(
         console.print(f"[dim]{key.id}: warm start and timing...[/dim]")
         try:
             _, updated = gated_engine(model, target, key.precision, key.max_batch, key.mode,
-                                      cache, weights, measure=True,
-                                      buckets=manifest.buckets or None)
+                                      cache, weights, measure=True)
             results.append(_summary(updated))
         except EngineRefused as exc:
             results.append({**_summary(cache.read(key) or manifest), "refused": str(exc)})
