@@ -66,6 +66,8 @@ class DetectorConfig(Protocol):
     @property
     def compile_mode(self) -> str: ...
     @property
+    def compile_dynamic_batch(self) -> bool: ...
+    @property
     def allow_untrained(self) -> bool: ...
 
 
@@ -199,6 +201,7 @@ def load_detector(config: DetectorConfig) -> tuple[CropScorer, DetectorInfo]:
         max_batch=config.max_batch,
         model_key=info.weights_id,
         compile_mode=config.compile_mode,
+        dynamic_batch=config.compile_dynamic_batch,
     )
     info = DetectorInfo(**{
         **asdict(info),

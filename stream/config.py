@@ -265,6 +265,11 @@ class DetectorSettings(Section):
         description="torch.compile mode of the torch-compile backend ('reduce-overhead' and "
         "'max-autotune' capture one CUDA graph per batch bucket).",
     )
+    compile_dynamic_batch: bool = Field(
+        False,
+        description="torch-compile: one graph with a symbolic batch size instead of one per "
+        "bucket (much shorter compile; CUDA graphs stay per bucket).",
+    )
     max_batch: int = Field(32, ge=1, le=1024, description="Largest crop batch per call.")
     allow_untrained: bool = Field(
         False, description="Run with random weights (loudly flagged) when no bundle is installed."

@@ -183,6 +183,7 @@ class Config:
     precision: str = "auto"
     max_batch: int = 8
     compile_mode: str = "default"
+    compile_dynamic_batch: bool = False
     allow_untrained: bool = False
 
 

@@ -108,6 +108,20 @@ def test_bucketed_engine_drops_the_padding_rows_and_matches_eager() -> None:
     assert engine.score(random_crops(0)).shape == (0, 2)
 
 
+def test_a_dynamic_batch_engine_compiles_one_graph_beside_batch_1() -> None:
+    from torch._dynamo.utils import counters
+
+    engine = CompiledScorer(scaled_tiny(), "cpu", "fp32", max_batch=4, mode="default",
+                            dynamic_batch=True)
+    counters.clear()
+    engine.warmup()
+    assert counters["stats"]["unique_graphs"] == 2  # buckets 1, 2, 4: batch 1 and the rest
+    crops = random_crops(3)
+    eager = TorchScorer(scaled_tiny(), "cpu", "fp32").score(crops)
+    np.testing.assert_allclose(engine.score(crops), eager, rtol=0, atol=1e-4)
+    assert engine.key is None and engine.dynamic_batch
+
+
 def test_explicit_buckets_must_end_at_max_batch() -> None:
     engine = CompiledScorer(scaled_tiny(), "cpu", "fp32", max_batch=8, mode="default",
                             compile=False, buckets=[8, 1, 3])
@@ -143,7 +157,7 @@ def test_every_part_of_the_key_names_a_different_engine() -> None:
     base = _key()
     changed = [_key(weights="v" * 64), _key(arch="ViT-L-14"), _key(precision="fp8"),
                _key(device="NVIDIA H100 80GB HBM3"), _key(torch="2.11.0"),
-               _key(mode="max-autotune"), _key(max_batch=64)]
+               _key(mode="max-autotune"), _key(max_batch=64), _key(dynamic_batch=True)]
     assert len({base.id, *(k.id for k in changed)}) == len(changed) + 1
     assert base.id.startswith("tiny-bf16-reduce-overhead-b32-")
     assert base.same_machine("w" * 64, "tiny", "NVIDIA H200")
@@ -187,14 +201,14 @@ def test_auto_takes_the_fastest_gated_engine_that_beats_eager(tmp_path: Path) ->
     for row in rows:
         cache.write(row)
     choice = choose_gpu_engine("tiny", "w" * 64, "NVIDIA H200", None, "bf16", 32, tmp_path,
-                               "reduce-overhead")
-    assert choice == ("torch-compile", "bf16", "max-autotune")
+                               "reduce-overhead", False)
+    assert choice == ("torch-compile", "bf16", "max-autotune", False)
     fp16 = choose_gpu_engine("tiny", "w" * 64, "NVIDIA H200", "fp16", "fp16", 32, tmp_path,
-                             "reduce-overhead")
-    assert fp16 == ("torch", "fp16", "reduce-overhead")  # the fp16 engine is slower than eager
+                             "reduce-overhead", False)
+    assert fp16 == ("torch", "fp16", "reduce-overhead", False)  # fp16 engine: slower than eager
     other_batch = choose_gpu_engine("tiny", "w" * 64, "NVIDIA H200", None, "bf16", 64,
-                                    tmp_path, "reduce-overhead")
-    assert other_batch == ("torch", "bf16", "reduce-overhead")
+                                    tmp_path, "reduce-overhead", False)
+    assert other_batch == ("torch", "bf16", "reduce-overhead", False)
 
 
 # --- the accuracy gate ----------------------------------------------------------------------------

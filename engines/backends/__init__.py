@@ -73,6 +73,7 @@ def create_scorer(
     cache_dir: Path | None = None,
     model_key: str | None = None,
     compile_mode: str = "reduce-overhead",
+    dynamic_batch: bool = False,
 ) -> CropScorer:
     """A scorer for ``model``; ``model_key`` names its weights for engine caches (else hashed).
 
@@ -90,10 +91,10 @@ def create_scorer(
     if backend == "auto" and on_gpu:
         from engines.backends.engine_cache import device_name
 
-        backend, precision, compile_mode = choose_gpu_engine(
+        backend, precision, compile_mode, dynamic_batch = choose_gpu_engine(
             model.arch, model_key or _weights_key(model), device_name(torch.device(device)),
             precision if explicit_precision else None, precision, max_batch, _cache(cache_dir),
-            compile_mode)
+            compile_mode, dynamic_batch)
     elif backend == "auto":
         backend = _choose_cpu(model, precision, max_batch, _cache(cache_dir), model_key)
     if backend == "tensorrt" and not explicit_precision:
@@ -112,7 +113,7 @@ def create_scorer(
         from engines.backends.engine_cache import EngineCache
 
         engine, _ = gated_engine(model, device, precision, max_batch, compile_mode,
-                                 EngineCache(cache), key)
+                                 EngineCache(cache), key, dynamic_batch=dynamic_batch)
         return engine
     from engines.backends.onnx_backend import OnnxRuntimeScorer, cached_onnx
 
@@ -143,10 +144,11 @@ def choose_gpu_engine(
     max_batch: int,
     cache: Path,
     compile_mode: str,
-) -> tuple[str, str, str]:
-    """(backend, precision, compile mode) for ``auto`` on the GPU model ``gpu``: the fastest
-    gated compiled engine in ``cache`` (of ``precision`` unless None), else TensorRT fp16 where
-    it imports, else eager torch at ``fallback_precision``."""
+    dynamic_batch: bool,
+) -> tuple[str, str, str, bool]:
+    """(backend, precision, compile mode, dynamic batch) for ``auto`` on the GPU model ``gpu``:
+    the fastest gated compiled engine in ``cache`` (of ``precision`` unless None), else TensorRT
+    fp16 where it imports, else eager torch at ``fallback_precision``."""
     from engines.backends.engine_cache import EngineCache, fastest_gated
     from engines.backends.tensorrt_backend import tensorrt_available
 
@@ -157,15 +159,15 @@ def choose_gpu_engine(
         log.info("crop scorer: torch-compile %s (%s): the fastest gated engine built for %s, "
                  "%.0f crops/s against eager %.0f", best.key.precision, best.key.mode, gpu,
                  best.crops_per_s or 0, best.eager_crops_per_s or 0)
-        return "torch-compile", best.key.precision, best.key.mode
+        return "torch-compile", best.key.precision, best.key.mode, best.key.dynamic_batch
     if tensorrt_available() and precision in (None, "fp16"):
         log.info("crop scorer: tensorrt fp16 (no gated compiled engine for %s; TensorRT "
                  "imports)", gpu)
-        return "tensorrt", "fp16", compile_mode
+        return "tensorrt", "fp16", compile_mode, dynamic_batch
     log.info("crop scorer: eager torch, %s (no gated compiled engine built for %s at "
              "max_batch %d: `dfstream engine build` makes one; TensorRT not available)",
              fallback_precision, gpu, max_batch)
-    return "torch", fallback_precision, compile_mode
+    return "torch", fallback_precision, compile_mode, dynamic_batch
 
 
 def _choose_cpu(

@@ -139,6 +139,7 @@ def gated_engine(
     rerun_gate: bool = False,
     measure: bool = False,
     buckets: Sequence[int] | None = None,
+    dynamic_batch: bool = False,
 ) -> tuple[CompiledScorer, EngineManifest]:
     """A warmed compiled engine that has passed its gate (run now unless the cache holds a
     verdict for this key, or ``rerun_gate``); EngineRefused when it fails or failed.
@@ -147,7 +148,8 @@ def gated_engine(
     ``measure`` also records crops/s of engine and reference at max_batch in the manifest;
     ``buckets`` replaces the sizes the cached engine was built with (else the powers of two).
     """
-    key = engine_key(weights, model.arch, precision, scorer_device(device), mode, max_batch)
+    key = engine_key(weights, model.arch, precision, scorer_device(device), mode, max_batch,
+                     dynamic_batch)
     recorded = cache.read(key)
     if recorded is not None and recorded.gate is not None and not recorded.passed \
             and not rerun_gate and not measure:
@@ -157,7 +159,8 @@ def gated_engine(
     if buckets is None and recorded is not None and recorded.buckets:
         buckets = recorded.buckets  # the sizes its cache holds compiled
     engine = CompiledScorer(copy.deepcopy(model), device, precision, max_batch, mode,
-                            cache=cache, weights=weights, buckets=buckets)
+                            cache=cache, weights=weights, buckets=buckets,
+                            dynamic_batch=dynamic_batch)
     assert engine.key == key
     engine.warmup()
     manifest = cache.read(key) or EngineManifest(key=key)

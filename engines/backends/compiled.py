@@ -12,6 +12,10 @@ linear layers with torchao (engines/backends/fp8.py) on top of bf16. With an Eng
 compiled artefacts persist per (weights, arch, precision, GPU, torch) key, so the next start
 loads them; cold and warm start times go into that engine's manifest.
 
+``dynamic_batch`` compiles one graph whose batch dimension is symbolic (dynamo specialises
+batch 1 apart) instead of one per bucket, so the compile cost no longer grows with the number
+of buckets; CUDA graphs are still captured per bucket.
+
 ``compile=False`` runs the same bucketing eagerly; it exists to test the padding on machines
 where compiling is too slow, and its ``name`` says so.
 """
@@ -108,6 +112,7 @@ class CompiledScorer:
         cache: EngineCache | None = None,
         weights: str | None = None,
         buckets: Sequence[int] | None = None,
+        dynamic_batch: bool = False,
     ) -> None:
         """``weights`` (the bundle's sha256) names the engine in ``cache``; both or neither.
         ``buckets`` replaces the powers of two (each bucket is one more compilation)."""
@@ -132,21 +137,27 @@ class CompiledScorer:
         self.max_batch = max_batch
         self.mode = mode
         self.compiled = compile
+        self.dynamic_batch = dynamic_batch
         self.cache = cache
         self.key: EngineKey | None = (
-            engine_key(weights, model.arch, precision, target, mode, max_batch)
+            engine_key(weights, model.arch, precision, target, mode, max_batch, dynamic_batch)
             if weights is not None else None
         )
         self.warm = False
         self._target = target
         if compile:
             _allow_recompiles(len(self.buckets))
-            self._forward = torch.compile(self.model, mode=mode, dynamic=False, fullgraph=True)
+            # dynamic=None lets mark_dynamic (in _run) make the batch dimension symbolic.
+            self._forward = torch.compile(self.model, mode=mode, fullgraph=True,
+                                          dynamic=None if dynamic_batch else False)
         else:
             self._forward = self.model
 
     def _run(self, chunk: np.ndarray) -> torch.Tensor:
-        return self._forward(padded_input(chunk, self.buckets, self._target))[: chunk.shape[0]]
+        x = padded_input(chunk, self.buckets, self._target)
+        if self.dynamic_batch and x.shape[0] > 1:
+            torch._dynamo.mark_dynamic(x, 0)
+        return self._forward(x)[: chunk.shape[0]]
 
     def score(self, crops: np.ndarray) -> np.ndarray:
         """Logits; refuses to run before ``warmup`` so that no live call compiles."""

@@ -47,12 +47,16 @@ class EngineKey:
     torch: str
     mode: str
     max_batch: int
+    dynamic_batch: bool = False
+    """One graph for every batch size (CUDA graphs still per bucket) instead of one each."""
 
     @property
     def id(self) -> str:
         """A readable, unique directory name for this key."""
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-        return f"{self.arch}-{self.precision}-{self.mode}-b{self.max_batch}-{digest[:12]}"
+        shapes = "-dynamic" if self.dynamic_batch else ""
+        return (f"{self.arch}-{self.precision}-{self.mode}{shapes}-b{self.max_batch}-"
+                f"{digest[:12]}")
 
     def same_machine(self, weights: str, arch: str, device: str) -> bool:
         """Built for these weights on this GPU model with the running torch."""
@@ -61,9 +65,10 @@ class EngineKey:
 
 
 def engine_key(weights: str, arch: str, precision: str, device: torch.device, mode: str,
-               max_batch: int) -> EngineKey:
+               max_batch: int, dynamic_batch: bool = False) -> EngineKey:
     return EngineKey(weights=weights, arch=arch, precision=precision, device=device_name(device),
-                     torch=torch.__version__, mode=mode, max_batch=max_batch)
+                     torch=torch.__version__, mode=mode, max_batch=max_batch,
+                     dynamic_batch=dynamic_batch)
 
 
 @dataclass

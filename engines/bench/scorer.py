@@ -218,6 +218,7 @@ def run_scorer_benchmark(
     rounds: int = 3,
     ceiling_size: int | None = None,
     ceiling_seconds: float = 2.0,
+    dynamic_batch: bool = False,
 ) -> dict[str, Any]:
     """Measure the scorer engines; returns the JSON-able report."""
     device = str(scorer_device(device))
@@ -234,6 +235,7 @@ def run_scorer_benchmark(
         "seconds_per_point": seconds,
         "rounds": rounds,
         "compile_mode": compile_mode,
+        "compile_dynamic_batch": dynamic_batch,
         "statistic": "median over interleaved rounds",
         "machine": _machine(),
         "baseline": f"vs_eager: {baseline} (eager) at the same batch size; vs_batch_1: the "
@@ -248,8 +250,8 @@ def run_scorer_benchmark(
         flops = vit_flops_per_crop(spec)
         say(f"{arch}: building a random-weight detector")
         model = random_detector(arch)
-        scorers = _prepare(model, arch, chosen, device, batch_list, compile_mode, cache,
-                           report, say)
+        scorers = _prepare(model, arch, chosen, device, batch_list, compile_mode, dynamic_batch,
+                           cache, report, say)
         say(f"{arch}: measuring {', '.join(scorers)} at batch sizes {batch_list}")
         points = measure_interleaved(scorers, batch_list, spec.image_size, seconds, rounds)
         for (engine, batch), point in points.items():
@@ -280,7 +282,7 @@ def run_scorer_benchmark(
 
 def _prepare(
     model: LNCLIPDetector, arch: str, engines: list[str], device: str, batches: list[int],
-    compile_mode: str, cache: Path, report: dict[str, Any], say: Progress,
+    compile_mode: str, dynamic_batch: bool, cache: Path, report: dict[str, Any], say: Progress,
 ) -> dict[str, CropScorer]:
     """Every engine that can run here, warmed; the others become rows saying why not."""
     scorers: dict[str, CropScorer] = {}
@@ -289,7 +291,8 @@ def _prepare(
         say(f"{arch}: preparing {engine}")
         try:
             start = time.perf_counter()
-            scorers[engine] = _make(model, engine, device, batches, compile_mode, cache)
+            scorers[engine] = _make(model, engine, device, batches, compile_mode, dynamic_batch,
+                                    cache)
             info[engine] = {"prepare_s": round(time.perf_counter() - start, 2)}
         except (BackendUnavailable, ImportError) as exc:
             report["results"].append({"arch": arch, "engine": engine, "skipped": str(exc)})
@@ -298,7 +301,7 @@ def _prepare(
 
 
 def _make(model: LNCLIPDetector, engine: str, device: str, batches: list[int],
-          compile_mode: str, cache: Path) -> CropScorer:
+          compile_mode: str, dynamic_batch: bool, cache: Path) -> CropScorer:
     """One engine on its own copy of the model (the torch backends move theirs in place)."""
     from engines.backends.torch_backend import TorchScorer
     from engines.checkpoints.files import tensors_sha256
@@ -313,7 +316,8 @@ def _make(model: LNCLIPDetector, engine: str, device: str, batches: list[int],
 
         scorer = CompiledScorer(copy.deepcopy(model), device, precision, max_batch,
                                 compile_mode, cache=EngineCache(cache),
-                                weights=tensors_sha256(model.state_dict()), buckets=batches)
+                                weights=tensors_sha256(model.state_dict()), buckets=batches,
+                                dynamic_batch=dynamic_batch)
         scorer.warmup()
         return scorer
     on_gpu = torch.device(device).type == "cuda"

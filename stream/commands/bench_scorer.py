@@ -44,6 +44,9 @@ def bench_scorer(
         min=1, help="Interleaved rounds per point; the median is reported."
     )] = 3,
     compile_mode: Annotated[str, typer.Option(help="torch.compile mode.")] = "reduce-overhead",
+    dynamic_batch: Annotated[bool, typer.Option(
+        help="Compile one graph with a symbolic batch size instead of one per batch size "
+        "(CUDA graphs stay per size).")] = False,
     ceiling_size: Annotated[int | None, typer.Option(
         min=64, max=16384, help="Side of the ceiling matmul (default 8192 on a GPU, 1024 on "
         "the CPU).", show_default=False)] = None,
@@ -77,7 +80,7 @@ def bench_scorer(
     report = run_scorer_benchmark(
         archs=arch_list, batches=_ints(batches, "--batches"), device=device, engines=engines,
         seconds=seconds, rounds=rounds, compile_mode=compile_mode, cache_dir=cache_dir,
-        ceiling_size=ceiling_size, ceiling_seconds=ceiling_seconds,
+        ceiling_size=ceiling_size, ceiling_seconds=ceiling_seconds, dynamic_batch=dynamic_batch,
         progress=lambda message: console.print(f"[dim]{message}[/dim]"),
     )
     if as_json:

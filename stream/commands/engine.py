@@ -69,7 +69,8 @@ def _summary(manifest: Any) -> dict[str, Any]:
     gate = manifest.gate or {}
     return {
         "id": manifest.key.id, "arch": manifest.key.arch, "precision": manifest.key.precision,
-        "mode": manifest.key.mode, "max_batch": manifest.key.max_batch,
+        "mode": manifest.key.mode, "dynamic_batch": manifest.key.dynamic_batch,
+        "max_batch": manifest.key.max_batch,
         "device": manifest.key.device, "torch": manifest.key.torch,
         "gate": "passed" if manifest.passed else ("failed" if gate else "not run"),
         "p99_abs_diff": gate.get("p99_abs_diff"), "spearman": gate.get("spearman"),
@@ -84,6 +85,8 @@ def engine_build(
         help="bf16, fp16, fp32 or fp8 (FP8 transformer linears on bf16; CUDA >= 8.9).")]
     = "bf16",
     mode: Annotated[str, typer.Option(help="torch.compile mode.")] = "reduce-overhead",
+    dynamic_batch: Annotated[bool, typer.Option(
+        help="One graph with a symbolic batch size instead of one per bucket.")] = False,
     max_batch: Annotated[int | None, typer.Option(
         min=1, max=1024, help="Largest bucket (default detector.max_batch).",
         show_default=False)] = None,
@@ -119,11 +122,11 @@ def engine_build(
     refused: str | None = None
     try:
         gated_engine(model, target, precision, batch, mode, cache, weights, rerun_gate=True,
-                     measure=True)
+                     measure=True, dynamic_batch=dynamic_batch)
     except EngineRefused as exc:
         refused = str(exc)
     manifest = cache.read(engine_key(weights, model.arch, precision, torch.device(target), mode,
-                                      batch))
+                                      batch, dynamic_batch))
     if as_json:
         typer.echo(json.dumps({**(manifest.as_dict() if manifest else {}), "refused": refused},
                               indent=2))
@@ -196,7 +199,8 @@ def engine_bench(
         console.print(f"[dim]{key.id}: warm start and timing...[/dim]")
         try:
             _, updated = gated_engine(model, target, key.precision, key.max_batch, key.mode,
-                                      cache, weights, measure=True)
+                                      cache, weights, measure=True,
+                                      dynamic_batch=key.dynamic_batch)
             results.append(_summary(updated))
         except EngineRefused as exc:
             results.append({**_summary(cache.read(key) or manifest), "refused": str(exc)})
