@@ -101,7 +101,8 @@ import importlib, json, os, platform, shutil
 info = {"python": platform.python_version(), "cpus": os.cpu_count(),
         "redis_server": shutil.which("redis-server"), "imports": {}}
 for name in ("torch", "torchao", "open_clip", "scipy", "skimage", "cv2", "av", "onnxruntime",
-             "tensorrt", "redis", "typer", "pydantic_settings", "engines", "stream.cli"):
+             "tensorrt", "aiortc", "redis", "typer", "pydantic_settings", "engines", "stream.cli",
+             "stream.service"):
     try:
         module = importlib.import_module(name)
         info["imports"][name] = getattr(module, "__version__", "ok")

@@ -15,6 +15,7 @@ PY=${PYTHON:-$REPO/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 DEST=$REPO/.whl
 LIMIT_MB=${LIMIT_MB:-60}
+rm -rf "$DEST"  # a fresh set each time, so that the size check counts only this one
 mkdir -p "$DEST/weights" "$DEST/bin" "$DEST/lib"
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 
@@ -29,8 +30,10 @@ ESSENTIAL=(
   pytest pytest-timeout pytest-asyncio pluggy iniconfig
 )
 # Added in this order while the folder stays under LIMIT_MB: the gate's face crops
-# (skimage.data), then the pipeline's decoder, then the face detector's ONNX weights reader.
-IF_ROOM=(scikit-image lazy-loader imageio tifffile av onnx)
+# (skimage.data), then the pipeline's decoder and WebRTC stack (the service imports both),
+# then the face detector's ONNX weights reader.
+IF_ROOM=(scikit-image lazy-loader imageio tifffile av aiortc aioice pyee pylibsrtp
+         google-crc32c dnspython ifaddr onnx)
 
 download() {
   local name=$1 version
