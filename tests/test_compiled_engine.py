@@ -339,6 +339,33 @@ def test_engine_commands_fail_in_one_line_with_the_fix(tmp_path: Path) -> None:
     assert bench.exit_code == 2 and "dfstream engine build" in bench.output
 
 
+def test_scorer_benchmark_times_the_compiled_engine_with_its_gate(tmp_path: Path) -> None:
+    from engines.bench.scorer import parse_engine, run_scorer_benchmark
+
+    assert parse_engine("torch-compile", on_gpu=True) == "torch-compile:bf16"
+    assert parse_engine("tensorrt", on_gpu=True) == "tensorrt:fp16"
+    assert parse_engine("torch", on_gpu=False) == "torch:fp32"
+    with pytest.raises(ValueError, match="precision"):
+        parse_engine("torch:fp8", on_gpu=True)
+    with pytest.raises(ValueError, match="backend"):
+        parse_engine("openvino", on_gpu=True)
+    report = run_scorer_benchmark(
+        archs=["tiny"], batches=[1, 2], device="cpu", seconds=0.0, rounds=1,
+        engines=["torch:fp32", "torch-compile:fp32", "torch-compile:fp8"], cache_dir=tmp_path,
+        ceiling_size=128, ceiling_seconds=0.1, dynamic_batch=True)
+    rows = {(r["engine"], r.get("batch")): r for r in report["results"]}
+    assert "8.9" in rows["torch-compile:fp8", None]["skipped"]
+    for batch in (1, 2):
+        compiled = rows["torch-compile:fp32", batch]
+        assert compiled["crops_per_s"] > 0 and compiled["fraction_of_ceiling"] > 0
+        assert "vs_eager" in compiled
+    engine = report["engines"]["tiny"]["torch-compile:fp32"]
+    assert engine["gate"]["passed"] and engine["buckets"] == [1, 2]
+    assert engine["attention"] == ["aten::_scaled_dot_product_flash_attention_for_cpu"]
+    assert report["compile_dynamic_batch"] is True
+    assert report["targets"]["compiled_bf16_fraction_of_ceiling"] is None  # no bf16 row here
+
+
 # --- on a GPU -------------------------------------------------------------------------------------
 
 
