@@ -64,6 +64,10 @@ class DetectorConfig(Protocol):
     @property
     def max_batch(self) -> int: ...
     @property
+    def compile_mode(self) -> str: ...
+    @property
+    def compile_dynamic_batch(self) -> bool: ...
+    @property
     def allow_untrained(self) -> bool: ...
 
 
@@ -196,6 +200,8 @@ def load_detector(config: DetectorConfig) -> tuple[CropScorer, DetectorInfo]:
         precision=config.precision,
         max_batch=config.max_batch,
         model_key=info.weights_id,
+        compile_mode=config.compile_mode,
+        dynamic_batch=config.compile_dynamic_batch,
     )
     info = DetectorInfo(**{
         **asdict(info),

@@ -23,10 +23,13 @@ bench_app = typer.Typer(help="Benchmarks; each prints JSON with ratios against a
 models_app = typer.Typer(help="The model store: pull, import, list and verify weights.")
 config_app = typer.Typer(help="Inspect and check the configuration.")
 data_app = typer.Typer(help="Datasets: manifests, and a synthetic face-forgery set for tests.")
+engine_app = typer.Typer(help="Compiled crop-scorer engines: build (compile and accuracy gate), "
+                         "list and time them.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+app.add_typer(engine_app, name="engine")
 
 console = Console(stderr=True)
 
@@ -77,9 +80,11 @@ def main() -> None:
 # Commands of each concern register themselves on the apps above.
 from stream.commands import (  # noqa: E402,F401
     bench,
+    bench_scorer,
     bench_whip,
     data,
     demo,
+    engine,
     evaluate,
     faces,
     models,

@@ -246,16 +246,41 @@ class DetectorSettings(Section):
         None, description="Detector bundle (store name or path); unset: the best installed."
     )
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt", "torch-compile"] = Field(
-        "auto", description="Crop scorer backend."
+        "auto",
+        description="Crop scorer backend; 'auto': on a GPU the fastest compiled engine that "
+        "passed its accuracy gate (`dfstream engine build`), else TensorRT where it imports, "
+        "else eager torch; on the CPU the faster of ONNX Runtime and torch, measured here.",
     )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="Compute precision; 'auto': fp16 on a GPU, fp32 on the CPU."
+    precision: Literal["auto", "fp32", "fp16", "bf16", "fp8"] = Field(
+        "auto",
+        description="Compute precision; 'auto': bf16 on a GPU that has it (else fp16), fp32 on "
+        "the CPU. 'fp8' (torch-compile only, compute capability >= 8.9 and torchao): FP8 "
+        "transformer linears on bf16, after its accuracy gate.",
+    )
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = Field(
+        "reduce-overhead",
+        description="torch.compile mode of the torch-compile backend ('reduce-overhead' and "
+        "'max-autotune' capture one CUDA graph per batch bucket).",
+    )
+    compile_dynamic_batch: bool = Field(
+        False,
+        description="torch-compile: one graph with a symbolic batch size instead of one per "
+        "bucket (much shorter compile; CUDA graphs stay per bucket).",
     )
     max_batch: int = Field(32, ge=1, le=1024, description="Largest crop batch per call.")
     allow_untrained: bool = Field(
         False, description="Run with random weights (loudly flagged) when no bundle is installed."
     )
+
+    @model_validator(mode="after")
+    def _fp8_is_compiled(self) -> DetectorSettings:
+        if self.precision == "fp8" and self.backend not in ("auto", "torch-compile"):
+            raise ValueError(f"precision fp8 is the compiled engine's: set backend "
+                             f"torch-compile (or auto), not {self.backend}")
+        return self
 
 
 class Thresholds(Section):

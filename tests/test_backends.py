@@ -15,7 +15,7 @@ from engines.backends import BackendUnavailable, create_scorer
 from engines.backends.base import check_crops
 from engines.backends.onnx_backend import OnnxRuntimeScorer, export_onnx
 from engines.backends.tensorrt_backend import tensorrt_available
-from engines.backends.torch_backend import TorchScorer, batch_buckets
+from engines.backends.torch_backend import TorchScorer
 from engines.bench.scorer import run_scorer_benchmark, vit_flops_per_crop
 from engines.checkpoints.bundle import bundle_from_model, model_from_state
 from engines.checkpoints.catalog import install_bundle
@@ -77,18 +77,10 @@ def test_bf16_on_cpu_stays_close_to_fp32() -> None:
     np.testing.assert_allclose(bf16, fp32, atol=0.15)
 
 
-def test_compile_is_refused_on_cpu_and_cuda_without_gpu() -> None:
-    with pytest.raises(BackendUnavailable, match="GPU only"):
-        TorchScorer(random_detector("tiny"), device="cpu", compile=True)
+def test_cuda_without_a_gpu_is_refused() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match="no CUDA"):
             TorchScorer(random_detector("tiny"), device="cuda")
-
-
-def test_batch_buckets() -> None:
-    assert batch_buckets(1) == [1]
-    assert batch_buckets(32) == [1, 2, 4, 8, 16, 32]
-    assert batch_buckets(24) == [1, 2, 4, 8, 16, 24]
 
 
 def _onnx_parity(arch: str, tmp_path: Path, counts: tuple[int, ...]) -> None:
@@ -148,6 +140,8 @@ def test_explicit_backends_and_clear_refusals(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not one of"):
         create_scorer(model, "openvino")
     assert create_scorer(model, "torch", "cpu").name == "torch"
+    with pytest.raises(BackendUnavailable, match="compiled engine's precision"):
+        create_scorer(model, "torch", "cpu", "fp8")
 
 
 @pytest.mark.skipif(_trt_imports(), reason="TensorRT is installed here")
@@ -172,15 +166,12 @@ def test_tensorrt_fp16_matches_torch(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_cuda_fp16_eager_and_compiled_match_cpu() -> None:
+def test_cuda_fp16_and_bf16_eager_match_cpu() -> None:
     crops = random_crops(5)
     reference = TorchScorer(scaled(random_detector("tiny")), "cpu", "fp32").score(crops)
-    eager = TorchScorer(scaled(random_detector("tiny")), "cuda", "fp16", max_batch=4)
-    compiled = TorchScorer(scaled(random_detector("tiny")), "cuda", "fp16", max_batch=4,
-                           compile=True)
-    compiled.warmup()
-    np.testing.assert_allclose(eager.score(crops), reference, atol=2e-2)
-    np.testing.assert_allclose(compiled.score(crops), reference, atol=2e-2)
+    for precision in ("fp16", "bf16"):
+        eager = TorchScorer(scaled(random_detector("tiny")), "cuda", precision, max_batch=4)
+        np.testing.assert_allclose(eager.score(crops), reference, atol=5e-2)
 
 
 @dataclass
@@ -191,6 +182,8 @@ class Config:
     device: str = "cpu"
     precision: str = "auto"
     max_batch: int = 8
+    compile_mode: str = "default"
+    compile_dynamic_batch: bool = False
     allow_untrained: bool = False
 
 
@@ -259,11 +252,15 @@ def test_flops_formula_agrees_with_torchs_counter() -> None:
 
 def test_benchmark_reports_ratios_against_its_own_baseline(tmp_path: Path) -> None:
     report = run_scorer_benchmark(archs=["tiny"], batches=[1, 2], device="cpu", seconds=0.0,
-                                  cache_dir=tmp_path)
+                                  cache_dir=tmp_path, ceiling_size=128, ceiling_seconds=0.1)
     rows = [r for r in report["results"] if "crops_per_s" in r]
-    assert {(r["backend"], r["batch"]) for r in rows} == {
-        ("torch", 1), ("torch", 2), ("onnxruntime", 1), ("onnxruntime", 2)}
+    assert {(r["engine"], r["batch"]) for r in rows} == {
+        ("torch:fp32", 1), ("torch:fp32", 2), ("onnxruntime:fp32", 1), ("onnxruntime:fp32", 2)}
+    assert report["matmul_ceiling_tflops"] > 0 and report["matmul_ceiling_dtype"] == "float32"
+    assert "fp8_matmul_ceiling_skipped" in report  # no FP8 on a CPU, and it says why
     for row in rows:
         assert row["crops_per_s"] > 0 and row["achieved_tflops"] > 0
-        assert "vs_batch_1" in row and "vs_torch" in row
-    assert next(r for r in rows if r["backend"] == "torch" and r["batch"] == 2)["vs_torch"] == 1
+        assert row["fraction_of_ceiling"] > 0 and "vs_batch_1" in row and "vs_eager" in row
+    assert next(r for r in rows if r["engine"] == "torch:fp32" and r["batch"] == 2)[
+        "vs_eager"] == 1
+    assert report["targets"]["arch"] == "tiny"

@@ -136,11 +136,12 @@ def test_import_of_a_mismatching_detector_is_refused(tmp_path: Path) -> None:
 
 def test_bench_scorer_prints_json_with_ratios() -> None:
     result = runner.invoke(app, ["bench", "scorer", "--archs", "tiny", "--batches", "1,2",
-                                 "--seconds", "0", "--device", "cpu", "--json"])
+                                 "--seconds", "0", "--device", "cpu", "--ceiling-size", "128",
+                                 "--ceiling-seconds", "0.1", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["benchmark"] == "scorer" and report["device"] == "cpu"
     rows = [r for r in report["results"] if "crops_per_s" in r]
-    assert len(rows) == 4 and all("vs_batch_1" in r for r in rows)
+    assert len(rows) == 4 and all("vs_batch_1" in r and "vs_eager" in r for r in rows)
     bad = runner.invoke(app, ["bench", "scorer", "--archs", "ViT-X", "--json"])
     assert bad.exit_code == 2

@@ -1,8 +1,11 @@
 """Crop-scorer backends and the factory that picks one for this machine.
 
-``auto`` means: TensorRT when it imports and a CUDA GPU is present; else torch on the GPU (fp16);
-on a CPU-only machine, whichever of ONNX Runtime and torch measures faster for this model here
-(the measurement is cached per model and machine). The choice is logged with its reason.
+``auto`` means, on a GPU: the fastest compiled engine built for these weights on this GPU model
+and torch that passed its accuracy gate and beat eager torch (``dfstream engine build`` makes
+them; their manifests are in the engines cache); else TensorRT when it imports (fp16); else
+eager torch (bf16 where the GPU has it, else fp16). On a CPU-only machine: whichever of ONNX
+Runtime and eager torch measures faster for this model here (the measurement is cached per model
+and machine). The choice is logged with its reason.
 """
 
 from __future__ import annotations
@@ -28,10 +31,21 @@ BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
 __all__ = ["BACKENDS", "PRECISIONS", "BackendUnavailable", "create_scorer"]
 
 
+def default_precision(device_type: str, bf16_supported: bool) -> str:
+    """bf16 on GPUs that have it (the detector was trained in bf16), else fp16; fp32 on CPU."""
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if bf16_supported else "fp16"
+
+
 def resolve_precision(precision: str, device: str) -> str:
-    """'auto' -> fp16 on a GPU, fp32 on the CPU."""
+    """'auto' -> ``default_precision`` for this device; 'fp8' is the compiled engine's."""
     if precision == "auto":
-        return "fp16" if torch.device(device).type == "cuda" else "fp32"
+        on_gpu = torch.device(device).type == "cuda"
+        return default_precision("cuda" if on_gpu else "cpu",
+                                 on_gpu and torch.cuda.is_bf16_supported())
+    if precision == "fp8":
+        return precision
     return check_precision(precision)
 
 
@@ -41,7 +55,10 @@ def _weights_key(model: LNCLIPDetector) -> str:
     return tensors_sha256(model.state_dict())
 
 
-def _default_cache_dir() -> Path:
+def _cache(cache_dir: Path | None) -> Path:
+    """The engines cache: ``cache_dir``, else the model store's engines folder."""
+    if cache_dir is not None:
+        return Path(cache_dir)
     from engines import store
 
     return store.writable_dir(store.ENGINES_SUBDIR)
@@ -55,24 +72,49 @@ def create_scorer(
     max_batch: int = 32,
     cache_dir: Path | None = None,
     model_key: str | None = None,
+    compile_mode: str = "reduce-overhead",
+    dynamic_batch: bool = False,
 ) -> CropScorer:
-    """A scorer for ``model``; ``model_key`` names its weights for export caches (else hashed).
+    """A scorer for ``model``; ``model_key`` names its weights for engine caches (else hashed).
 
     The model must be float32 on the CPU (as loaded); the torch backends move it in place.
+    A compiled engine is warmed (every batch bucket compiled) and gated before it is returned.
     """
     if backend not in (*BACKENDS, "auto"):
         raise ValueError(f"backend {backend!r} is not one of auto, {', '.join(BACKENDS)}")
     device = str(scorer_device(device))
     on_gpu = torch.device(device).type == "cuda"
+    explicit_precision = precision != "auto"
     precision = resolve_precision(precision, device)
-    if backend == "auto":
-        backend = _choose(model, device, precision, max_batch, cache_dir, model_key)
-    if backend in ("torch", "torch-compile"):
+    if backend == "auto" and precision == "fp8":
+        backend = "torch-compile"  # FP8 exists only there; it gates itself (or says why not)
+    if backend == "auto" and on_gpu:
+        from engines.backends.engine_cache import device_name
+
+        backend, precision, compile_mode, dynamic_batch = choose_gpu_engine(
+            model.arch, model_key or _weights_key(model), device_name(torch.device(device)),
+            precision if explicit_precision else None, precision, max_batch, _cache(cache_dir),
+            compile_mode, dynamic_batch)
+    elif backend == "auto":
+        backend = _choose_cpu(model, precision, max_batch, _cache(cache_dir), model_key)
+    if backend == "tensorrt" and not explicit_precision:
+        precision = "fp16"  # TensorRT engines are fp16 or fp32
+    if precision == "fp8" and backend != "torch-compile":
+        raise BackendUnavailable(f"fp8 is the compiled engine's precision: use backend "
+                                 f"'torch-compile' (or 'auto'), not {backend!r}")
+    if backend == "torch":
         from engines.backends.torch_backend import TorchScorer
 
-        return TorchScorer(model, device, precision, max_batch, compile=backend == "torch-compile")
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        return TorchScorer(model, device, precision, max_batch)
     key = model_key or _weights_key(model)
+    cache = _cache(cache_dir)
+    if backend == "torch-compile":
+        from engines.backends.build import gated_engine
+        from engines.backends.engine_cache import EngineCache
+
+        engine, _ = gated_engine(model, device, precision, max_batch, compile_mode,
+                                 EngineCache(cache), key, dynamic_batch=dynamic_batch)
+        return engine
     from engines.backends.onnx_backend import OnnxRuntimeScorer, cached_onnx
 
     if backend == "onnxruntime":
@@ -93,26 +135,52 @@ def create_scorer(
     )
 
 
-def _choose(
-    model: LNCLIPDetector,
-    device: str,
-    precision: str,
+def choose_gpu_engine(
+    arch: str,
+    weights: str,
+    gpu: str,
+    precision: str | None,
+    fallback_precision: str,
     max_batch: int,
-    cache_dir: Path | None,
-    model_key: str | None,
-) -> str:
+    cache: Path,
+    compile_mode: str,
+    dynamic_batch: bool,
+) -> tuple[str, str, str, bool]:
+    """(backend, precision, compile mode, dynamic batch) for ``auto`` on the GPU model ``gpu``:
+    the fastest gated compiled engine in ``cache`` (of ``precision`` unless None), else TensorRT
+    fp16 where it imports, else eager torch at ``fallback_precision``."""
+    from engines.backends.engine_cache import EngineCache, fastest_gated
     from engines.backends.tensorrt_backend import tensorrt_available
 
-    if torch.device(device).type == "cuda":
-        if tensorrt_available() and precision != "bf16":
-            log.info("crop scorer: tensorrt (TensorRT imports and a CUDA GPU is present)")
-            return "tensorrt"
-        log.info("crop scorer: torch on %s, %s (TensorRT not available)", device, precision)
-        return "torch"
+    built = [m for m in EngineCache(cache).manifests()
+             if m.key.max_batch == max_batch and precision in (None, m.key.precision)]
+    best = fastest_gated(built, weights, arch, gpu)
+    if best is not None:
+        log.info("crop scorer: torch-compile %s (%s): the fastest gated engine built for %s, "
+                 "%.0f crops/s against eager %.0f", best.key.precision, best.key.mode, gpu,
+                 best.crops_per_s or 0, best.eager_crops_per_s or 0)
+        return "torch-compile", best.key.precision, best.key.mode, best.key.dynamic_batch
+    if tensorrt_available() and precision in (None, "fp16"):
+        log.info("crop scorer: tensorrt fp16 (no gated compiled engine for %s; TensorRT "
+                 "imports)", gpu)
+        return "tensorrt", "fp16", compile_mode, dynamic_batch
+    log.info("crop scorer: eager torch, %s (no gated compiled engine built for %s at "
+             "max_batch %d: `dfstream engine build` makes one; TensorRT not available)",
+             fallback_precision, gpu, max_batch)
+    return "torch", fallback_precision, compile_mode, dynamic_batch
+
+
+def _choose_cpu(
+    model: LNCLIPDetector,
+    precision: str,
+    max_batch: int,
+    cache: Path,
+    model_key: str | None,
+) -> str:
     if precision != "fp32":
         log.info("crop scorer: torch on cpu (%s; onnxruntime computes fp32 only)", precision)
         return "torch"
-    return _measured_cpu_choice(model, max_batch, cache_dir, model_key)
+    return _measured_cpu_choice(model, max_batch, cache, model_key)
 
 
 def _crops_per_second(scorer: CropScorer, crops: np.ndarray, min_seconds: float = 0.5) -> float:
@@ -125,13 +193,12 @@ def _crops_per_second(scorer: CropScorer, crops: np.ndarray, min_seconds: float 
 
 
 def _measured_cpu_choice(
-    model: LNCLIPDetector, max_batch: int, cache_dir: Path | None, model_key: str | None
+    model: LNCLIPDetector, max_batch: int, cache: Path, model_key: str | None
 ) -> str:
     """Time torch and ONNX Runtime on this CPU for this model; remember the answer."""
     from engines.backends.onnx_backend import OnnxRuntimeScorer, cached_onnx
     from engines.backends.torch_backend import TorchScorer
 
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     key = model_key or _weights_key(model)
     batch = min(max_batch, 4)
     machine = {

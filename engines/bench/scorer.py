@@ -1,13 +1,16 @@
-"""Crop-scorer benchmark: crops/s per backend and batch size, with same-run baselines.
+"""Crop-scorer benchmark: crops/s per engine and batch size, with same-run baselines.
 
-CPU: torch fp32 and ONNX Runtime. GPU: torch fp16 eager (the baseline), torch.compile and
-TensorRT when it imports, plus the GPU's measured fp16 matmul ceiling, so each result also says
-what fraction of that ceiling the scorer achieves. Ratios are always against numbers measured
-in the same run, because these machines are noisy.
+An engine is ``backend:precision``. CPU: torch fp32 (the baseline) and ONNX Runtime. GPU: eager
+torch bf16 and fp16 (fp16 is the baseline the targets name), the compiled engine in bf16 and FP8,
+and TensorRT fp16 when it imports; plus the device's measured matmul ceilings (bf16 and FP8 on a
+GPU, fp32 on the CPU), so each row says what fraction of them it achieves. Compiled engines are
+also held to the accuracy gate against the eager engine of their reference precision. Ratios are
+always against numbers measured in the same run, because these machines are noisy.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import os
@@ -44,24 +47,6 @@ def vit_flops_per_crop(spec: ArchSpec) -> float:
         + 2 * 2 * tokens * width * hidden  # MLP
     )
     return float(patch + spec.layers * per_block + 2 * width * 2)
-
-
-def gpu_matmul_tflops(device: str = "cuda", size: int = 8192, seconds: float = 2.0) -> float:
-    """The GPU's achievable dense fp16 matmul rate (TFLOP/s): the ceiling the scorer is held to."""
-    a = torch.randn(size, size, device=device, dtype=torch.float16)
-    b = torch.randn(size, size, device=device, dtype=torch.float16)
-    for _ in range(3):
-        torch.matmul(a, b)
-    torch.cuda.synchronize(device)
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or runs < 10:
-        torch.matmul(a, b)
-        runs += 1
-        if runs % 10 == 0:
-            torch.cuda.synchronize(device)
-    torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    return 2 * size**3 * runs / elapsed / 1e12
 
 
 def crops_for(batch: int, size: int) -> np.ndarray:
@@ -129,156 +114,248 @@ def _machine() -> dict[str, Any]:
     return info
 
 
-def _add_ratios(results: list[dict[str, Any]], baseline_backend: str) -> None:
-    """Each row against batch 1 of its own backend, and against the baseline backend."""
-    index = {(r["arch"], r["backend"], r["batch"]): r for r in results if "crops_per_s" in r}
+GPU_ENGINES = ("torch:bf16", "torch:fp16", "torch-compile:bf16", "torch-compile:fp8",
+               "tensorrt:fp16")
+CPU_ENGINES = ("torch:fp32", "onnxruntime:fp32")
+GPU_BATCHES = (1, 8, 32, 64, 128)
+CPU_BATCHES = (1, 8, 32)
+TARGET_FRACTION = 0.6
+TARGET_VS_EAGER = 1.5
+ENGINE_BACKENDS = ("torch", "torch-compile", "onnxruntime", "tensorrt")
+
+
+def parse_engine(text: str, on_gpu: bool) -> str:
+    """'backend[:precision]' -> 'backend:precision' (precision: bf16 on a GPU, fp32 on the CPU,
+    fp16 for TensorRT); ValueError naming what is wrong."""
+    backend, _, precision = text.strip().partition(":")
+    if backend not in ENGINE_BACKENDS:
+        raise ValueError(f"engine {text!r}: backend must be one of {', '.join(ENGINE_BACKENDS)}")
+    if not precision:
+        precision = "fp16" if backend == "tensorrt" else ("bf16" if on_gpu else "fp32")
+    allowed = ("fp32", "fp16", "bf16", "fp8") if backend == "torch-compile" else (
+        "fp32", "fp16", "bf16")
+    if precision not in allowed:
+        raise ValueError(f"engine {text!r}: precision must be one of {', '.join(allowed)}")
+    return f"{backend}:{precision}"
+
+
+def _add_ratios(results: list[dict[str, Any]], baseline: str) -> None:
+    """Each row against batch 1 of its own engine, and against the baseline engine."""
+    index = {(r["arch"], r["engine"], r["batch"]): r for r in results if "crops_per_s" in r}
     for row in results:
         if "crops_per_s" not in row:
             continue
-        single = index.get((row["arch"], row["backend"], 1))
+        single = index.get((row["arch"], row["engine"], 1))
         if single is not None:
             row["vs_batch_1"] = round(row["crops_per_s"] / single["crops_per_s"], 3)
-        base = index.get((row["arch"], baseline_backend, row["batch"]))
+        base = index.get((row["arch"], baseline, row["batch"]))
         if base is not None:
-            row[f"vs_{baseline_backend}"] = round(row["crops_per_s"] / base["crops_per_s"], 3)
+            row["vs_eager"] = round(row["crops_per_s"] / base["crops_per_s"], 3)
 
 
-def _scorers_cpu(model: LNCLIPDetector, batch: int, cache: Path) -> list[tuple[str, Any]]:
-    from engines.backends.onnx_backend import OnnxRuntimeScorer, cached_onnx
-    from engines.backends.torch_backend import TorchScorer
-    from engines.checkpoints.files import tensors_sha256
+def _targets(report: dict[str, Any]) -> dict[str, Any]:
+    """The design's two scorer targets, read off the rows (ViT-L/14 where measured)."""
+    rows = [r for r in report["results"] if "crops_per_s" in r]
+    arch = "ViT-L-14" if any(r["arch"] == "ViT-L-14" for r in rows) else (
+        rows[0]["arch"] if rows else None)
+    rows = [r for r in rows if r["arch"] == arch]
+    gates = report["engines"].get(arch, {}) if arch else {}
+    compiled = [r.get("fraction_of_ceiling", 0.0) for r in rows
+                if r["engine"] == "torch-compile:bf16"]
+    usable = [r.get("vs_eager", 0.0) for r in rows
+              if gates.get(r["engine"], {}).get("gate", {"passed": True}).get("passed")]
+    best_fraction = max(compiled, default=None)
+    best_ratio = max(usable, default=None)
+    return {
+        "arch": arch,
+        "compiled_bf16_fraction_of_ceiling": best_fraction,
+        "compiled_bf16_target": TARGET_FRACTION,
+        "compiled_bf16_met": best_fraction is not None and best_fraction >= TARGET_FRACTION,
+        "best_gated_vs_eager": best_ratio,
+        "best_vs_eager_target": TARGET_VS_EAGER,
+        "best_vs_eager_met": best_ratio is not None and best_ratio >= TARGET_VS_EAGER,
+    }
 
-    onnx = cached_onnx(model, tensors_sha256(model.state_dict()), cache)
-    return [
-        ("torch", lambda: TorchScorer(model, "cpu", "fp32", batch)),
-        ("onnxruntime", lambda: OnnxRuntimeScorer(onnx, batch)),
-    ]
+
+def _significant(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant figures (CPU rates are tiny, GPU ones large)."""
+    return float(f"{value:.{digits}g}")
+
+
+def _ceilings(device: str, size: int, seconds: float, say: Progress,
+              report: dict[str, Any]) -> dict[str, float]:
+    """Measure the matmul ceilings into ``report``; returns them unrounded: 'bf16' (the
+    device's main one: bf16 on a GPU, fp32 on the CPU) and 'fp8' where FP8 runs."""
+    from engines.backends.fp8 import fp8_unavailable
+    from engines.bench.ceiling import fp8_matmul_tflops, matmul_tflops
+
+    target = torch.device(device)
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    name = str(dtype).removeprefix("torch.")
+    say(f"measuring the {device} {name} matmul ceiling ({size}^3)")
+    ceilings = {"bf16": matmul_tflops(device, dtype, size, seconds)}
+    report.update(matmul_ceiling_tflops=_significant(ceilings["bf16"]),
+                  matmul_ceiling_dtype=name, matmul_ceiling_size=size)
+    reason = fp8_unavailable(target)
+    if reason is None:
+        say(f"measuring the {device} FP8 matmul ceiling ({size}^3)")
+        ceilings["fp8"] = fp8_matmul_tflops(device, size, seconds)
+        report["fp8_matmul_ceiling_tflops"] = _significant(ceilings["fp8"])
+    else:
+        report["fp8_matmul_ceiling_skipped"] = reason
+    return ceilings
 
 
 def run_scorer_benchmark(
     archs: Sequence[str] = ("tiny", "ViT-B-16", "ViT-L-14"),
-    batches: Sequence[int] = (1, 8, 32),
+    batches: Sequence[int] | None = None,
     device: str = "auto",
-    backends: Sequence[str] | None = None,
+    engines: Sequence[str] | None = None,
     seconds: float = 2.0,
     compile_mode: str = "reduce-overhead",
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     rounds: int = 3,
+    ceiling_size: int | None = None,
+    ceiling_seconds: float = 2.0,
+    dynamic_batch: bool = False,
 ) -> dict[str, Any]:
-    """Measure the scorer backends; returns the JSON-able report."""
+    """Measure the scorer engines; returns the JSON-able report."""
     device = str(scorer_device(device))
     on_gpu = torch.device(device).type == "cuda"
     say = progress or (lambda message: log.info(message))
     cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="bench-scorer-"))
-    chosen = list(backends) if backends else (
-        ["torch", "torch-compile", "tensorrt"] if on_gpu else ["torch", "onnxruntime"]
-    )
-    baseline = "torch"
+    chosen = [parse_engine(e, on_gpu) for e in (engines or (
+        GPU_ENGINES if on_gpu else CPU_ENGINES))]
+    batch_list = sorted(set(batches or (GPU_BATCHES if on_gpu else CPU_BATCHES)))
+    baseline = "torch:fp16" if on_gpu else "torch:fp32"
     report: dict[str, Any] = {
         "benchmark": "scorer",
         "device": device,
-        "precision": "fp16" if on_gpu else "fp32",
         "seconds_per_point": seconds,
         "rounds": rounds,
+        "compile_mode": compile_mode,
+        "compile_dynamic_batch": dynamic_batch,
         "statistic": "median over interleaved rounds",
         "machine": _machine(),
-        "baseline": f"{baseline} ({'fp16 eager' if on_gpu else 'fp32'}) at the same batch size; "
-        "vs_batch_1: the same backend at batch 1",
+        "baseline": f"vs_eager: {baseline} (eager) at the same batch size; vs_batch_1: the "
+        "same engine at batch 1",
+        "engines": {},
         "results": [],
     }
-    if on_gpu:
-        say("measuring the GPU's fp16 matmul ceiling")
-        report["matmul_ceiling_tflops"] = round(gpu_matmul_tflops(device), 2)
+    ceilings = _ceilings(device, ceiling_size or (8192 if on_gpu else 1024), ceiling_seconds,
+                         say, report)
     for arch in archs:
         spec = arch_spec(arch)
         flops = vit_flops_per_crop(spec)
         say(f"{arch}: building a random-weight detector")
         model = random_detector(arch)
-        makers = _make_scorers(model, chosen, device, max(batches), compile_mode, cache, on_gpu)
-        scorers: dict[str, CropScorer] = {}
-        for backend, make in makers:
-            say(f"{arch}: preparing {backend}")
-            try:
-                scorers[backend] = make()
-            except (BackendUnavailable, ImportError) as exc:
-                report["results"].append({"arch": arch, "backend": backend, "skipped": str(exc)})
-                say(f"{arch} {backend}: skipped ({exc})")
-        say(f"{arch}: measuring {', '.join(scorers)} at batch sizes {list(batches)}")
-        points = measure_interleaved(scorers, batches, spec.image_size, seconds, rounds)
-        for (backend, batch), point in points.items():
-            scorer = scorers[backend]
+        scorers = _prepare(model, arch, chosen, device, batch_list, compile_mode, dynamic_batch,
+                           cache, report, say)
+        say(f"{arch}: measuring {', '.join(scorers)} at batch sizes {batch_list}")
+        points = measure_interleaved(scorers, batch_list, spec.image_size, seconds, rounds)
+        for (engine, batch), point in points.items():
             row: dict[str, Any] = {
-                "arch": arch, "backend": backend, "batch": batch, "device": scorer.device,
-                "precision": getattr(scorer, "precision", ""), **point,
+                "arch": arch, "engine": engine, "backend": engine.split(":")[0],
+                "precision": engine.split(":")[1], "batch": batch,
+                "device": scorers[engine].device, **point,
             }
-            row["achieved_tflops"] = round(row["crops_per_s"] * flops / 1e12, 4)
-            if "matmul_ceiling_tflops" in report:
-                row["fraction_of_ceiling"] = round(
-                    row["achieved_tflops"] / report["matmul_ceiling_tflops"], 4
-                )
+            tflops = row["crops_per_s"] * flops / 1e12
+            row["achieved_tflops"] = _significant(tflops)
+            row["fraction_of_ceiling"] = _significant(tflops / ceilings["bf16"])
+            if row["precision"] == "fp8" and "fp8" in ceilings:
+                row["fraction_of_fp8_ceiling"] = _significant(tflops / ceilings["fp8"])
             report["results"].append(row)
-        del model, makers, scorers
+        _gate_compiled(scorers, report["engines"].setdefault(arch, {}), model, device,
+                       batch_list[-1], say)
+        del model, scorers
         gc.collect()
         if on_gpu:
             torch.cuda.empty_cache()
         report.setdefault("gflops_per_crop", {})[arch] = round(flops / 1e9, 2)
     _add_ratios(report["results"], baseline)
+    report["targets"] = _targets(report)
     if hasattr(os, "getloadavg"):
         report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
 
-def _make_scorers(
-    model: LNCLIPDetector,
-    backends: Sequence[str],
-    device: str,
-    max_batch: int,
-    compile_mode: str,
-    cache: Path,
-    on_gpu: bool,
-) -> list[tuple[str, Callable[[], CropScorer]]]:
-    """Factories in an order that exports ONNX before torch moves the model to the GPU."""
+def _prepare(
+    model: LNCLIPDetector, arch: str, engines: list[str], device: str, batches: list[int],
+    compile_mode: str, dynamic_batch: bool, cache: Path, report: dict[str, Any], say: Progress,
+) -> dict[str, CropScorer]:
+    """Every engine that can run here, warmed; the others become rows saying why not."""
+    scorers: dict[str, CropScorer] = {}
+    info = report["engines"].setdefault(arch, {})
+    for engine in engines:
+        say(f"{arch}: preparing {engine}")
+        try:
+            start = time.perf_counter()
+            scorers[engine] = _make(model, engine, device, batches, compile_mode, dynamic_batch,
+                                    cache)
+            info[engine] = {"prepare_s": round(time.perf_counter() - start, 2)}
+        except (BackendUnavailable, ImportError) as exc:
+            report["results"].append({"arch": arch, "engine": engine, "skipped": str(exc)})
+            say(f"{arch} {engine}: skipped ({exc})")
+    return scorers
+
+
+def _make(model: LNCLIPDetector, engine: str, device: str, batches: list[int],
+          compile_mode: str, dynamic_batch: bool, cache: Path) -> CropScorer:
+    """One engine on its own copy of the model (the torch backends move theirs in place)."""
     from engines.backends.torch_backend import TorchScorer
-
-    makers: list[tuple[str, Callable[[], CropScorer]]] = []
-    if not on_gpu:
-        available = dict(_scorers_cpu(model, max_batch, cache))
-        return [(name, available[name]) for name in backends if name in available] + [
-            (name, _unavailable(f"{name} is not benchmarked on the CPU"))
-            for name in backends if name not in available
-        ]
-    if "tensorrt" in backends:
-        makers.append(("tensorrt", _tensorrt_maker(model, device, max_batch, cache)))
-    if "torch" in backends:
-        makers.append(("torch", lambda: TorchScorer(model, device, "fp16", max_batch)))
-    if "torch-compile" in backends:
-        makers.append(("torch-compile", lambda: TorchScorer(
-            model, device, "fp16", max_batch, compile=True, compile_mode=compile_mode
-        )))
-    # Eager first: it is the baseline, and compiled/engine rows are read against it.
-    order = {"torch": 0, "torch-compile": 1, "tensorrt": 2}
-    return sorted(makers, key=lambda item: order[item[0]])
-
-
-def _unavailable(reason: str) -> Callable[[], CropScorer]:
-    def fail() -> CropScorer:
-        raise BackendUnavailable(reason)
-
-    return fail
-
-
-def _tensorrt_maker(
-    model: LNCLIPDetector, device: str, max_batch: int, cache: Path
-) -> Callable[[], CropScorer]:
-    from engines.backends.tensorrt_backend import TensorRTScorer, import_tensorrt
-
-    try:
-        import_tensorrt()
-    except BackendUnavailable as exc:
-        return _unavailable(str(exc))
-    from engines.backends.onnx_backend import cached_onnx
     from engines.checkpoints.files import tensors_sha256
 
-    onnx = cached_onnx(model, tensors_sha256(model.state_dict()), cache)  # before .to(cuda)
-    return lambda: TensorRTScorer(onnx, cache, device, max_batch)
+    backend, precision = engine.split(":")
+    max_batch = batches[-1]
+    if backend == "torch":
+        return TorchScorer(copy.deepcopy(model), device, precision, max_batch)
+    if backend == "torch-compile":
+        from engines.backends.compiled import CompiledScorer
+        from engines.backends.engine_cache import EngineCache
+
+        scorer = CompiledScorer(copy.deepcopy(model), device, precision, max_batch,
+                                compile_mode, cache=EngineCache(cache),
+                                weights=tensors_sha256(model.state_dict()), buckets=batches,
+                                dynamic_batch=dynamic_batch)
+        scorer.warmup()
+        return scorer
+    on_gpu = torch.device(device).type == "cuda"
+    from engines.backends.onnx_backend import OnnxRuntimeScorer, cached_onnx
+
+    if backend == "onnxruntime":
+        if on_gpu:
+            raise BackendUnavailable("onnxruntime is benchmarked on the CPU only")
+        return OnnxRuntimeScorer(cached_onnx(model, tensors_sha256(model.state_dict()), cache),
+                                 max_batch)
+    from engines.backends.tensorrt_backend import TensorRTScorer, import_tensorrt
+
+    import_tensorrt()
+    if not on_gpu:
+        raise BackendUnavailable("the tensorrt backend needs a CUDA device")
+    onnx = cached_onnx(model, tensors_sha256(model.state_dict()), cache)
+    return TensorRTScorer(onnx, cache, device, max_batch, fp16=precision == "fp16")
+
+
+def _gate_compiled(scorers: dict[str, CropScorer], info: dict[str, Any],
+                   model: LNCLIPDetector, device: str, max_batch: int, say: Progress) -> None:
+    """The accuracy gate of each compiled engine against eager torch at its reference
+    precision (the bench's own eager engine when it has one), recorded beside its timings."""
+    from engines.backends.build import accuracy_gate, gate_crops, reference_precision
+    from engines.backends.compiled import CompiledScorer
+    from engines.backends.torch_backend import TorchScorer
+
+    compiled = {name: s for name, s in scorers.items() if isinstance(s, CompiledScorer)}
+    if not compiled:
+        return
+    crops = gate_crops()
+    for name, scorer in compiled.items():
+        ref_precision = reference_precision(scorer.precision, torch.device(device))
+        reference = scorers.get(f"torch:{ref_precision}") or TorchScorer(
+            copy.deepcopy(model), device, ref_precision, max_batch)
+        gate = accuracy_gate(reference.score(crops), scorer.score(crops),
+                             f"eager {ref_precision}")
+        info[name].update(gate=gate.as_dict(), attention=scorer.attention_kernels(),
+                          fp8_layers=scorer.fp8_layers, buckets=scorer.buckets)
+        say(f"{name}: accuracy gate {'passed' if gate.passed else 'FAILED'} "
+            f"(p99 {gate.p99_abs_diff:.4g}, Spearman {gate.spearman:.5f})")
