@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from pydantic_settings import (
 )
 
 from engines import store
+from engines.errors import UserError
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -405,20 +407,28 @@ class Settings(BaseSettings):
 _yaml_file: ContextVar[Path | None] = ContextVar("dfstream_yaml_file", default=None)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message names every bad field."""
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def invalid_value(loc: Sequence[str | int], problem: str, shown: str) -> str:
+    """One refused value as every command prints it: the field, what is wrong with it (and so
+    what is allowed), and the value given."""
+    field = ".".join(str(part) for part in loc) or "(root)"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{field}: {problem} (got {shown})"
+
+
+def describe_validation_error(exc: ValidationError, what: str = "configuration") -> str:
+    """A pydantic error as lines of :func:`invalid_value`, under a heading that says what was
+    invalid."""
     lines = []
     for err in exc.errors():
-        field = ".".join(str(part) for part in err["loc"]) or "(root)"
         value = err.get("input")
         shown = "{...}" if isinstance(value, dict) else repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        lines.append(f"{field}: {err['msg']} (got {shown})")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+        lines.append(invalid_value(err["loc"], err["msg"], shown))
+    return f"invalid {what}:\n  " + "\n  ".join(lines)
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:

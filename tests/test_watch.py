@@ -135,5 +135,5 @@ def test_cli_once_json_and_text(redis_url: str) -> None:
 def test_cli_unreachable_redis_is_a_clear_error() -> None:
     url = f"redis://127.0.0.1:{free_tcp_port()}/0"
     out = CliRunner().invoke(app, ["watch", "--once", "--redis-url", url])
-    assert out.exit_code == 1
+    assert out.exit_code == 2
     assert "cannot read Redis" in " ".join(out.output.split())

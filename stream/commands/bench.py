@@ -163,7 +163,6 @@ def bench_faces(
     settings_or_exit(None)  # the model store's locations, as every command honours them
     from engines.devices import resolve_device
     from engines.retinaface.network import ARCHS
-    from engines.store import StoreError
 
     if arch not in ARCHS:
         raise fail(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
@@ -174,16 +173,13 @@ def bench_faces(
             devices = [str(resolve_device(device))]
         except ValueError as exc:
             raise fail(str(exc)) from None
-    try:
-        from stream.bench.faces import run_bench
+    from stream.bench.faces import run_bench
 
-        result = run_bench(
-            arch=arch, sizes=_parse_sizes(sizes), cpu_batches=_parse_ints(batches),
-            gpu_batches=_parse_ints(gpu_batches), devices=devices, seconds=seconds,
-            rounds=rounds, weights=weights, threads=threads,
-        )
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    result = run_bench(
+        arch=arch, sizes=_parse_sizes(sizes), cpu_batches=_parse_ints(batches),
+        gpu_batches=_parse_ints(gpu_batches), devices=devices, seconds=seconds,
+        rounds=rounds, weights=weights, threads=threads,
+    )
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -236,13 +232,13 @@ def bench_scorer(
     arch_list = [a.strip() for a in archs.split(",") if a.strip()]
     bad = [a for a in arch_list if a not in ARCHS]
     if bad:
-        raise fail(f"unknown architecture(s) {bad}; known: {', '.join(ARCHS)}", 2)
+        raise fail(f"unknown architecture(s) {bad}; known: {', '.join(ARCHS)}")
     try:
         batch_list = [int(b) for b in batches.split(",") if b.strip()]
     except ValueError:
-        raise fail(f"batches must be integers, got {batches!r}", 2) from None
+        raise fail(f"batches must be integers, got {batches!r}") from None
     if not batch_list or min(batch_list) < 1:
-        raise fail("batch sizes must be at least 1", 2)
+        raise fail("batch sizes must be at least 1")
     report = run_scorer_benchmark(
         archs=arch_list,
         batches=batch_list,
@@ -397,15 +393,11 @@ def bench_train(
     rate of the same model in the same run."""
     from engines.bench.training import run_training_benchmark
     from engines.clip_detector import ARCHS
-    from engines.devices import DeviceUnavailable
 
     if arch not in ARCHS:
-        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
-    try:
-        result = run_training_benchmark(arch=arch, batch=batch, device=device, seconds=seconds,
-                                        rounds=rounds)
-    except DeviceUnavailable as exc:
-        raise fail(str(exc)) from None
+        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    result = run_training_benchmark(arch=arch, batch=batch, device=device, seconds=seconds,
+                                    rounds=rounds)
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -430,7 +422,7 @@ def bench_heatmap(
     from engines.clip_detector import ARCHS
 
     if arch not in ARCHS:
-        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
+        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     result = run_heatmap_benchmark(arch=arch, seconds=seconds, rounds=rounds, threads=threads)
     if json_out:
         typer.echo(json.dumps(result, indent=2))

@@ -51,7 +51,7 @@ def data_synth(
     try:
         config = SynthConfig(videos=videos, frames=frames, width=width, height=height, seed=seed)
     except ValueError as exc:
-        raise fail(str(exc), 2) from None
+        raise fail(str(exc)) from None
     with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), console=console, transient=True) as bar:
         task = bar.add_task("", total=videos)
@@ -60,7 +60,7 @@ def data_synth(
                                                                       description=name),
                                  overwrite=overwrite)
         except FileExistsError as exc:
-            raise fail(str(exc), 2) from None
+            raise fail(str(exc)) from None
     counts = dataset.counts()
     summary = {
         "out": str(out), "manifest": str(out / "manifest.csv"), "videos": len(dataset),
@@ -98,18 +98,15 @@ def data_prepare(
 
     from engines.store import StoreError
     from stream.analysis import Analyser
-    from stream.data.manifest import DatasetError, load_manifest
+    from stream.data.manifest import load_manifest
     from stream.data.prepare import prepare, prepare_settings
 
     settings = settings_or_exit(config)
     if crop is not None:
         if crop not in ("fast", "reference"):
-            raise fail(f"unknown crop style {crop!r}; choose fast or reference", 2)
+            raise fail(f"unknown crop style {crop!r}; choose fast or reference")
         settings.faces.crop = crop  # type: ignore[assignment]
-    try:
-        dataset = load_manifest(manifest)
-    except DatasetError as exc:
-        raise fail(str(exc)) from None
+    dataset = load_manifest(manifest)
     try:
         analyser = Analyser.faces_only(settings)
     except (StoreError, ValueError) as exc:

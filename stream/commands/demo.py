@@ -35,7 +35,7 @@ import typer
 
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
 from stream.commands.demo_view import ScoreProbe, detector_banner, view
-from stream.rtsp_camera import RtspCamera, RtspCameraError
+from stream.rtsp_camera import RtspCamera
 
 if TYPE_CHECKING:
 
@@ -175,7 +175,7 @@ def demo(
 
     from stream.commands.serve import check_bind, configure_logging
     from stream.demo_model import demo_cameras
-    from stream.redis_server import EmbeddedRedis, RedisServerError
+    from stream.redis_server import EmbeddedRedis
 
     began = time.monotonic()
     settings = settings_or_exit(config)
@@ -195,18 +195,12 @@ def demo(
             clips = {MEDIA_CAMERA: media}
         choice = choose_detector(settings)
         for name, clip in clips.items():
-            try:
-                cameras[name] = RtspCamera(clip, path=f"/{name}").start()
-            except RtspCameraError as exc:
-                raise fail(str(exc)) from None
+            cameras[name] = RtspCamera(clip, path=f"/{name}").start()
             console.print(f"[dim]camera {name}: {cameras[name].url} ({clip.name}, GStreamer "
                           "RTSP server, looping)[/dim]", soft_wrap=True)
         redis_url = settings.redis.url
         if redis_url is None:
-            try:
-                redis_server = EmbeddedRedis().start()
-            except RedisServerError as exc:
-                raise fail(str(exc)) from None
+            redis_server = EmbeddedRedis().start()
             redis_url = redis_server.url
         settings = choice.settings.model_copy(update={
             "redis": settings.redis.model_copy(update={"url": redis_url}),

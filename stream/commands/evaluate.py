@@ -26,14 +26,10 @@ ReportOption = Annotated[Path | None, typer.Option(
 
 def _summary(bundle: Path) -> BundleSummary:
     from engines.checkpoints.catalog import bundle_summary
-    from engines.checkpoints.errors import CheckpointError
 
     if not bundle.is_file():
         raise fail(f"bundle {bundle} does not exist")
-    try:
-        return bundle_summary(bundle)
-    except CheckpointError as exc:
-        raise fail(str(exc)) from None
+    return bundle_summary(bundle)
 
 
 def _scorer(bundle: Path, device: str) -> CalibratedScorer:
@@ -54,12 +50,9 @@ def _scorer(bundle: Path, device: str) -> CalibratedScorer:
 
 
 def _prepared(path: Path) -> Any:
-    from engines.training.crops import PreparedSet, PreparedSetError
+    from engines.training.crops import PreparedSet
 
-    try:
-        return PreparedSet.open(path)
-    except PreparedSetError as exc:
-        raise fail(str(exc)) from None
+    return PreparedSet.open(path)
 
 
 @app.command("eval")
@@ -98,7 +91,7 @@ def eval_command(
     if operating_point:
         if false_alerts_per_hour is None:
             raise fail("--operating-point needs --false-alerts-per-hour X (the target rate "
-                       "per stream-hour)", 2)
+                       "per stream-hour)")
         result = _operating_point(settings, prepared_set, bundle, split, device,
                                   rule or settings.scoring.thresholds.rule,
                                   false_alerts_per_hour)
@@ -158,10 +151,9 @@ def _operating_point(
     from stream.config import DetectorSettings
     from stream.data.manifest import DatasetError, load_manifest
     from stream.operating_point import choose, trace_video
-    from stream.sources.reader import VideoError
 
     if rule not in ("hysteresis", "cusum"):
-        raise fail(f"unknown rule {rule!r}; choose hysteresis or cusum", 2)
+        raise fail(f"unknown rule {rule!r}; choose hysteresis or cusum")
     manifest = prepared_set.settings.get("manifest")
     try:
         dataset = load_manifest(Path(manifest)) if manifest else None
@@ -184,10 +176,7 @@ def _operating_point(
                   console=console, transient=True) as bar:
         task = bar.add_task(f"replay at {fps:g} fps", total=len(entries))
         for entry in entries:
-            try:
-                traces.append(trace_video(entry, analyser, fps))
-            except VideoError as exc:
-                raise fail(str(exc)) from None
+            traces.append(trace_video(entry, analyser, fps))
             bar.advance(task)
         search = bar.add_task(f"{rule} parameters", total=None)
         try:
@@ -222,7 +211,7 @@ def calibrate_command(
     from engines.recalibrate import recalibrate
 
     if method not in ("temperature", "platt"):
-        raise fail(f"unknown calibration method {method!r}; choose temperature or platt", 2)
+        raise fail(f"unknown calibration method {method!r}; choose temperature or platt")
     settings_or_exit(config)
     prepared_set = _prepared(prepared)
     _summary(bundle)
@@ -280,7 +269,7 @@ def calibrate_stream_command(
     )
 
     if method not in ("temperature", "platt"):
-        raise fail(f"unknown calibration method {method!r}; choose platt or temperature", 2)
+        raise fail(f"unknown calibration method {method!r}; choose platt or temperature")
     settings_or_exit(config)
     camera_set, fakes_set = _prepared(camera), _prepared(fakes)
     _summary(bundle)

@@ -31,38 +31,25 @@ def score_command(
     """Mean p_fake of a video over N uniform frames (the papers' protocol), and per frame."""
     from rich.progress import Progress
 
-    from engines.backends import BackendUnavailable
-    from engines.deepfake_detector import DetectorUnavailable
-    from engines.store import StoreError
     from stream.analysis import EVERY_FACE, Analyser
-    from stream.sources.reader import VideoError
     from stream.video_score import score_video
 
     if not video.is_file():
         raise fail(f"{video} does not exist")
-    settings = settings_or_exit(config)
-    detector = settings.detector.model_copy()
-    if arch is not None:
-        detector = type(detector)(**{**detector.model_dump(), "arch": arch})
-    if allow_untrained:
-        detector.allow_untrained = True
-    try:
-        analyser, info = Analyser.load(settings, EVERY_FACE, detector=detector)
-    except (DetectorUnavailable, BackendUnavailable, StoreError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    settings = settings_or_exit(config, **{
+        "detector.arch": arch, "detector.allow_untrained": allow_untrained or None,
+    })
+    analyser, info = Analyser.load(settings, EVERY_FACE)
     if info.warning:
         console.print(f"[bold white on red] {info.warning} [/]")
     assert analyser.scorer is not None
     calibrator = analyser.scorer.calibrator
-    try:
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task(f"scoring {video.name}", total=frames)
-            result = score_video(
-                video, analyser, frames=frames,
-                progress=lambda done: bar.update(task, completed=done),
-            )
-    except VideoError as exc:
-        raise fail(str(exc)) from None
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"scoring {video.name}", total=frames)
+        result = score_video(
+            video, analyser, frames=frames,
+            progress=lambda done: bar.update(task, completed=done),
+        )
     report = {
         **result.as_dict(),
         "untrained": not info.trained,

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -15,7 +16,7 @@ import typer
 from rich.table import Table
 
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
-from stream.config import Settings
+from stream.config import Settings, invalid_value
 
 streams_app = typer.Typer(help="Manage the streams of a running service (over its HTTP API).")
 app.add_typer(streams_app, name="streams")
@@ -76,9 +77,20 @@ def run_service(settings: Settings) -> None:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
 
+    class ServiceServer(GracefulServer):
+        """Starts the service before uvicorn's own start-up, so that a refusal (no detector, a
+        refused stream) ends the command as one line rather than a lifespan traceback."""
+
+        async def _serve(self, sockets: list[socket.socket] | None = None) -> None:
+            await service.start()
+            try:
+                await super()._serve(sockets)
+            finally:
+                await service.close()
+
     check_bind(settings)
     service = Service(settings)
-    api_app = create_app(service)
+    api_app = create_app(service, manage_service=False)
     config = uvicorn.Config(
         api_app,
         host=settings.api.host,
@@ -87,7 +99,7 @@ def run_service(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
-    GracefulServer(config).run()
+    ServiceServer(config).run()
 
 
 @app.command()
@@ -95,16 +107,15 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address (overrides api.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Bind port (overrides api.port).")] = None,
+    allow_untrained: Annotated[bool, typer.Option(
+        help="Run with random weights (loudly flagged) when no trained detector is installed "
+        "(overrides detector.allow_untrained).")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the service: the HTTP API (docs at /docs), the dashboard at / and the pipeline."""
-    overrides: dict[str, Any] = {}
-    settings = settings_or_exit(config)
-    if host is not None or port is not None:
-        api = settings.api.model_dump()
-        api.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
-        overrides["api"] = api
-        settings = settings_or_exit(config, **overrides)
+    settings = settings_or_exit(config, **{
+        "api.host": host, "api.port": port, "detector.allow_untrained": allow_untrained or None,
+    })
     configure_logging(log_level.upper())
     run_service(settings)
 
@@ -120,7 +131,12 @@ TokenOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def _request(method: str, api: str, path: str, token: str | None, **kwargs: Any) -> Any:
+def _request(
+    method: str, api: str, path: str, token: str | None, *, names: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Call the service's API; a refusal is one line, validation errors as ``config check``
+    prints them, with each field under the name the command gives it (``names``)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -135,8 +151,24 @@ def _request(method: str, api: str, path: str, token: str | None, **kwargs: Any)
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
-        raise fail(f"{method} {path}: HTTP {response.status_code}: {detail}")
+        raise fail(f"{_readable(detail, names or {})} ({method} {path}: HTTP "
+                   f"{response.status_code})")
     return response.json() if response.content else None
+
+
+def _readable(detail: Any, names: dict[str, str]) -> str:
+    """An API error's detail as text: its validation errors (``stream.api.readable_errors``)
+    one after the other, like ``config check``'s."""
+    if not isinstance(detail, list):
+        return str(detail)
+    refused = []
+    for error in detail:
+        loc = [part for part in error.get("loc", ()) if part != "body"]
+        field = ".".join(str(part) for part in loc)
+        if field in names:
+            loc = [f"{names[field]} ({field})"]
+        refused.append(invalid_value(loc, str(error.get("msg")), str(error.get("input"))))
+    return "; ".join(refused)
 
 
 @streams_app.command("list")
@@ -177,7 +209,9 @@ def streams_add(
         body["analysis_fps"] = fps
     if calibration is not None:
         body["calibration"] = calibration
-    created = _request("POST", api, "/api/streams", token, json=body)
+    created = _request("POST", api, "/api/streams", token, json=body, names={
+        "id": "STREAM_ID", "url": "URL", "analysis_fps": "--fps", "calibration": "--calibration",
+    })
     typer.echo(json.dumps(created, indent=2) if as_json else f"added {stream_id}")
 
 

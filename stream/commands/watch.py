@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stream.cli import ConfigOption, app, fail, settings_or_exit
-from stream.redis_contract import RedisKeys, RedisUrlError, connect, resolve_url
+from stream.redis_contract import RedisKeys, connect, resolve_url
 from stream.sources.base import StreamStatus
 from stream.sources.urls import redact
 from stream.subscribe import EventFeed, StreamEvent
@@ -267,12 +267,9 @@ def watch(
 ) -> None:
     """Live table of streams, their state and scores, and the latest events, from Redis."""
     settings = settings_or_exit(config)
-    try:
-        url = resolve_url(redis_url, settings.redis.url)
-    except RedisUrlError as exc:
-        raise fail(str(exc), 2) from None
+    url = resolve_url(redis_url, settings.redis.url)
     if json_out and not once:
-        raise fail("--json needs --once (the live view is for terminals)", 2)
+        raise fail("--json needs --once (the live view is for terminals)")
     view = WatchView(url, prefix=settings.redis.prefix, stream=stream, history=history,
                      socket_timeout_s=settings.redis.socket_timeout_s)
     with contextlib.suppress(KeyboardInterrupt):

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from engines.errors import UserError
 from stream.config import IngestSettings
 from stream.sources.netpolicy import DestinationRefused, NetworkPolicy, url_host
 
@@ -30,7 +31,7 @@ _SCHEME_CHARS = re.compile(r"[A-Za-z0-9+.-]*")
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
 
 
-class UrlRefused(ValueError):
+class UrlRefused(UserError, ValueError):
     """A stream URL the configuration does not allow; the message says why and what is."""
 
 
