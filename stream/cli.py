@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 from engines.errors import UserError
 from stream.config import Settings, configure_store, describe_validation_error, load_settings
 from stream.console import make_console
-from stream.sources.urls import redact
+from stream.sources.urls import check_streams, redact
 
 
 class Commands(TyperGroup):
@@ -111,8 +111,10 @@ def version() -> None:
 
 @config_app.command("check")
 def config_check(config: ConfigOption = None) -> None:
-    """Validate the configuration and print the effective settings as JSON."""
+    """Validate the configuration (stream URLs under the URL policy included) and print the
+    effective settings as JSON."""
     settings = settings_or_exit(config)
+    check_streams(settings)
     typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
 
 

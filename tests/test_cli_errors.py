@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from stream.redis_server import free_tcp_port
 from tests.support.cli import one_line_error, run_cli
-from tests.support.service import ServiceServer, service_settings
+from tests.support.service import ServiceServer, service_settings, wait_until
 
 
 @pytest.fixture()
@@ -61,3 +62,34 @@ def test_streams_the_api_refuses_read_like_config_check(redis_url: str) -> None:
     assert bad_fps.startswith(
         "error: --fps (analysis_fps): Input should be greater than 0 (got -1.0)")
     assert "'loc'" not in bad_id + bad_fps
+
+
+def test_config_check_and_serve_refuse_a_stream_the_url_policy_refuses(
+    tmp_path: Path, store_without_detector: dict[str, str],
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("streams:\n  - id: leak\n    url: file:///etc/passwd\n")
+    for command in ("config", "check"), ("serve", "--allow-untrained"):
+        error = one_line_error(run_cli(*command, "-c", str(config), env=store_without_detector))
+        assert error.startswith("error: stream 'leak' (streams[0].url): URL scheme 'file' is "
+                                "not allowed"), error
+        assert "ingest.allowed_schemes" in error
+
+
+def test_a_stream_that_is_not_a_url_is_called_so(redis_url: str) -> None:
+    with ServiceServer(service_settings(redis_url)) as server:
+        error = one_line_error(run_cli("streams", "add", "f2", "notaurl", "--api", server.url))
+    assert "'notaurl' is not a URL: expected one of rtsp://..., rtsps://..." in error
+    assert "'file' is not allowed" not in error
+
+
+def test_an_unreachable_camera_shows_the_url_given(redis_url: str) -> None:
+    url = f"rtsp://viewer:pw@127.0.0.1:{free_tcp_port()}/cam"
+    with ServiceServer(service_settings(redis_url)) as server, server.client() as client:
+        assert client.post("/api/streams", json={"id": "cam", "url": url}).status_code == 201
+        assert wait_until(lambda: client.get("/api/streams/cam").json()["last_error"], 30)
+        done = run_cli("streams", "list", "--api", server.url)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if " cam " in line)
+    assert "Connection refused" in row and "rtsp://viewer:***@127.0.0.1:" in row, row
+    assert "timeout=" not in row and "tcp://" not in row and "pw@" not in row

@@ -17,6 +17,8 @@ from rich.table import Table
 
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
 from stream.config import Settings, invalid_value
+from stream.console import make_console
+from stream.sources.urls import check_streams
 
 streams_app = typer.Typer(help="Manage the streams of a running service (over its HTTP API).")
 app.add_typer(streams_app, name="streams")
@@ -116,6 +118,7 @@ def serve(
     settings = settings_or_exit(config, **{
         "api.host": host, "api.port": port, "detector.allow_untrained": allow_untrained or None,
     })
+    check_streams(settings)
     configure_logging(log_level.upper())
     run_service(settings)
 
@@ -188,7 +191,7 @@ def streams_list(
             f"{s['fps_in']:.1f}/{s['fps_analysed']:.1f}", str(s["reconnects"]),
             s.get("last_error") or "",
         )
-    console.print(table)
+    make_console().print(table)
 
 
 @streams_app.command("add")

@@ -436,7 +436,7 @@ class PyAVSource:
                 raise classify(exc, local=target.local, phase="open",
                                timeout_s=settings.open_timeout_s,
                                elapsed_s=time.monotonic() - opened_at,
-                               ffmpeg_log=last_error(logs)) from exc
+                               ffmpeg_log=last_error(logs), url=self.url) from exc
             try:
                 session = DecodeSession(
                     container, logs, _Report(self, gen), settings=settings,
@@ -449,7 +449,7 @@ class PyAVSource:
             except Exception as exc:
                 raise classify(exc, local=target.local, phase="read",
                                timeout_s=settings.read_timeout_s,
-                               ffmpeg_log=last_error(logs)) from exc
+                               ffmpeg_log=last_error(logs), url=self.url) from exc
             finally:
                 try:
                     container.close()
