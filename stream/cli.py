@@ -112,10 +112,10 @@ def version() -> None:
 @config_app.command("check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate the configuration (stream URLs under the URL policy included) and print the
-    effective settings as JSON."""
+    effective settings as JSON, passwords and the API token masked."""
     settings = settings_or_exit(config)
     check_streams(settings)
-    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+    typer.echo(redact(json.dumps(settings.model_dump(mode="json"), indent=2)))
 
 
 def main() -> None:

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -321,8 +329,9 @@ class PipelineSettings(Section):
 class ApiSettings(Section):
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=0, le=65535, description="Bind port; 0 picks a free one.")
-    token: str | None = Field(
-        None, description="Bearer token; required when bound beyond loopback."
+    token: SecretStr | None = Field(
+        None, description="Bearer token; required when bound beyond loopback (printed as "
+        "'**********')."
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024, description="Body cap.")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stream.redis_server import free_tcp_port
-from tests.support.cli import one_line_error, run_cli
+from tests.support.cli import one_line_error, run_cli, start_cli
 from tests.support.service import ServiceServer, service_settings, wait_until
 
 
@@ -93,3 +93,49 @@ def test_an_unreachable_camera_shows_the_url_given(redis_url: str) -> None:
     row = next(line for line in done.stdout.splitlines() if " cam " in line)
     assert "Connection refused" in row and "rtsp://viewer:***@127.0.0.1:" in row, row
     assert "timeout=" not in row and "tcp://" not in row and "pw@" not in row
+
+
+SECRETS = """redis:
+  url: redis://:s3cret@127.0.0.1:{port}/0
+api:
+  token: tok-s3cret
+detector:
+  arch: tiny
+  allow_untrained: true
+streams:
+  - id: cam
+    url: rtsp://viewer:s3cret@127.0.0.1:{port}/cam
+"""
+
+
+def test_config_check_masks_passwords_and_the_token(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(SECRETS.format(port=free_tcp_port()))
+    done = run_cli("config", "check", "-c", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "s3cret" not in done.stdout
+    assert '"url": "redis://:***@127.0.0.1:' in done.stdout
+    assert '"token": "**********"' in done.stdout
+    assert '"url": "rtsp://viewer:***@127.0.0.1:' in done.stdout
+
+
+def test_the_service_log_holds_no_password(tmp_path: Path) -> None:
+    """Redis and the camera are down: the service logs their failures, never a password."""
+    config = tmp_path / "config.yaml"
+    config.write_text(SECRETS.format(port=free_tcp_port()))
+    process = start_cli("serve", "-c", str(config), "--port", "0")
+    try:
+        assert process.stderr is not None
+        logged = []
+        for line in process.stderr:
+            logged.append(line)
+            if "Redis" in line and "127.0.0.1" in line:  # the outage is being logged
+                break
+        process.terminate()
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = "".join(logged) + out + err
+    assert "127.0.0.1" in text and "s3cret" not in text, text

@@ -18,7 +18,7 @@ from rich.table import Table
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
 from stream.config import Settings, invalid_value
 from stream.console import make_console
-from stream.sources.urls import check_streams
+from stream.sources.urls import check_streams, redact
 
 streams_app = typer.Typer(help="Manage the streams of a running service (over its HTTP API).")
 app.add_typer(streams_app, name="streams")
@@ -26,15 +26,28 @@ app.add_typer(streams_app, name="streams")
 log = logging.getLogger("dfstream")
 
 
+class Redacted(logging.Filter):
+    """Masks URL passwords in every record the service logs, whichever module (or library)
+    wrote it, so that no log holds a camera's or Redis's password."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
+    """Rich log lines on a terminal; plain, timestamped ones in a log file or a pipe."""
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=level,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
-        force=True,
-    )
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=True)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(Redacted())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def check_bind(settings: Settings) -> None:

@@ -12,16 +12,29 @@ REPO = Path(__file__).resolve().parents[2]
 DFSTREAM = Path(sys.executable).with_name("dfstream")
 
 
+def environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with ``env`` added, importing this checkout's code and with
+    no terminal width (``COLUMNS``) to go by."""
+    merged = {**os.environ, **(env or {})}
+    merged["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), merged.get("PYTHONPATH")]))
+    merged.pop("COLUMNS", None)
+    return merged
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None,
             timeout_s: float = 300.0) -> subprocess.CompletedProcess[str]:
-    """Run ``dfstream ARGS`` to its end; ``env`` is added to this process's environment."""
-    environment = {**os.environ, **(env or {})}
-    environment["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO), environment.get("PYTHONPATH")]))
-    environment.pop("COLUMNS", None)
+    """Run ``dfstream ARGS`` to its end."""
     return subprocess.run(
         [str(DFSTREAM), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        env=environment, timeout=timeout_s, check=False,
+        env=environment(env), timeout=timeout_s, check=False,
+    )
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``dfstream ARGS`` (a service, a live view) with its output on pipes."""
+    return subprocess.Popen(
+        [str(DFSTREAM), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=environment(env),
     )
 
 
