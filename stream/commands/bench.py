@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from stream.cli import ConfigOption, bench_app, console, fail, settings_or_exit
+from stream.console import make_console
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -183,7 +184,6 @@ def bench_faces(
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"RetinaFace {arch} detect()")
@@ -198,7 +198,7 @@ def bench_faces(
                       str(case["batch"]), f"{case['frames_per_s']:.1f}",
                       f"{1000 / case['frames_per_s']:.1f}",
                       "1.00" if ratio is None else f"{ratio:.2f}")
-    Console().print(table)
+    make_console().print(table)
 
 
 # --- scorer ---------------------------------------------------------------------------------------

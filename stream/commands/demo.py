@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
-from stream.commands.demo_view import ScoreProbe, detector_banner, view
+from stream.commands.demo_view import ScoreProbe, detector_banner, status_line, view
 from stream.rtsp_camera import RtspCamera
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ log = logging.getLogger("dfstream.demo")
 
 MEDIA_CAMERA = "demo"
 """The one camera's name when ``--media`` gives the video."""
+STATUS_LINE_EVERY_S = 5.0
+"""How often the demo prints a status line when its output is a log, not a terminal."""
 
 
 @dataclass
@@ -290,21 +292,31 @@ async def _run(run: DemoRun) -> dict[str, Any]:
     started = time.monotonic()
     startup_s = started - run.began
     snapshot: list[dict[str, Any]] = []
+    # A terminal gets a live table; a log gets a plain status line every few seconds (a live
+    # view cannot redraw there) and the table once at the end.
+    live = (Live(view(run, service, probe, 0.0), console=console, refresh_per_second=2,
+                 transient=False) if console.is_terminal else None)
     try:
-        with Live(view(run, service, probe, 0.0), console=console, refresh_per_second=2,
-                  transient=False) as live:
+        with live if live is not None else contextlib.nullcontext():
+            reported = -STATUS_LINE_EVERY_S
             while run.stop.reason is None and not serving.done():
                 elapsed = time.monotonic() - started
                 if run.duration is not None and elapsed >= run.duration:
                     run.stop.reason = "duration"
                     break
                 snapshot = service.list_streams()
-                live.update(view(run, service, probe, elapsed, snapshot))
+                if live is not None:
+                    live.update(view(run, service, probe, elapsed, snapshot))
+                elif elapsed - reported >= STATUS_LINE_EVERY_S:
+                    console.print(status_line(elapsed, snapshot), markup=False, highlight=False)
+                    reported = elapsed
                 await asyncio.sleep(0.5)
             snapshot = service.list_streams()
-            live.update(view(run, service, probe, time.monotonic() - started, snapshot))
-        if not console.is_terminal:
-            console.line()  # the last rendering of the table ends without one
+            final = view(run, service, probe, time.monotonic() - started, snapshot)
+            if live is not None:
+                live.update(final)
+            else:
+                console.print(final)
     finally:
         elapsed = time.monotonic() - started
         console.print(f"[dim]stopping ({run.stop.reason or 'signal'}): streams, outbox, "

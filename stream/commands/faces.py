@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.console import make_console
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,7 +89,6 @@ def _rows(
 
 
 def _print_table(rows: list[dict[str, Any]], video: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None)
@@ -106,7 +106,7 @@ def _print_table(rows: list[dict[str, Any]], video: bool) -> None:
             track = f"{row['track']}" + ("" if row["confirmed"] else "?")
             cells = [str(row["frame"]), f"{row['pts']:.2f}s", track, *cells]
         table.add_row(*cells)
-    Console().print(table)
+    make_console().print(table)
 
 
 def _load_analyser(settings: Settings, with_crops: bool) -> Analyser:

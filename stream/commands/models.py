@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from stream.cli import ConfigOption, console, fail, models_app, settings_or_exit
+from stream.console import make_console
 
 DEFAULT_DETECTORS = {"ViT-L-14": "gend-clip-l-14"}
 """The published detector ``pull`` fetches by default, per architecture."""
@@ -54,7 +55,7 @@ def models_info(
             f"{value:,}" if isinstance(value, int) else str(value)
         )
         table.add_row(key, shown)
-    console.print(table)
+    make_console().print(table)
 
 
 def _list_rows() -> dict[str, list[dict[str, Any]]]:
@@ -113,7 +114,7 @@ def models_list(config: ConfigOption = None, as_json: JsonOption = False) -> Non
         if not row["installed"]:
             table.add_row(row["kind"], row["name"], row["arch"], "[dim]pullable[/dim]",
                           row["source"])
-    console.print(table)
+    make_console().print(table)
 
 
 @models_app.command("verify")

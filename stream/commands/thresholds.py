@@ -10,11 +10,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from redis.exceptions import RedisError
-from rich.console import Console
 from rich.table import Table
 
 from stream.cli import ConfigOption, app, fail, settings_or_exit
 from stream.config import Settings
+from stream.console import make_console
 from stream.redis_contract import connect, resolve_url
 from stream.sources.urls import redact
 
@@ -85,7 +85,7 @@ def _show(book: Any, stream: str | None, json_out: bool, changed: bool = False) 
             }
         typer.echo(json.dumps(data, indent=2))
         return
-    out = Console()
+    out = make_console()
     origin = "stored in Redis" if book.default_stored else "the configured default (none in Redis)"
     title = f"thresholds, version {book.version}" + (" (changed)" if changed else "")
     table = Table(title=title, caption=f"default: {origin}")

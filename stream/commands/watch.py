@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stream.cli import ConfigOption, app, fail, settings_or_exit
+from stream.console import make_console
 from stream.redis_contract import RedisKeys, connect, resolve_url
 from stream.sources.base import StreamStatus
 from stream.sources.urls import redact
@@ -289,7 +290,7 @@ async def _run(
             if json_out:
                 typer.echo(json.dumps(view.snapshot(), indent=2))
             else:
-                Console().print(view.render())
+                make_console().print(view.render())
             return
         deadline = None if duration is None else time.monotonic() + duration
         block_ms = max(1, int(refresh * 1000))

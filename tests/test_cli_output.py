@@ -1,0 +1,29 @@
+"""What the commands print into a log or a pipe (no terminal): nothing hard-wrapped at 80
+columns, URLs whole, tables with every column, live views as plain lines."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.support.cli import run_cli
+
+HUB_URL = re.compile(r"https://huggingface\.co/\S+/resolve/main/model\.safetensors")
+
+
+def test_models_pull_offline_keeps_every_url_whole(tmp_path: Path) -> None:
+    done = run_cli("models", "pull", "gend-clip-l-14",
+                   env={"HF_HUB_OFFLINE": "1", "DFSTREAM_HOME": str(tmp_path / "home")})
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line]
+    assert len(HUB_URL.findall(done.stderr)) == 3, done.stderr
+    assert all(line.startswith(("error: ", "Manual steps: ", "Then, ")) for line in lines), lines
+
+
+def test_tables_keep_every_column_and_url_when_piped(tmp_path: Path) -> None:
+    done = run_cli("models", "list", env={"DFSTREAM_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if "clip-vit-l-14-openai" in line]
+    assert len(rows) == 1, done.stdout
+    assert "…" not in done.stdout
+    assert HUB_URL.search(rows[0]) and rows[0].count("│") == 6, rows[0]
