@@ -3,11 +3,16 @@ columns, URLs whole, tables with every column, live views as plain lines."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.support.cli import run_cli
 
+ESTIMATE = re.compile(r"scoring (?P<frames>\d+) frames with ViT-B-16 on this CPU takes about "
+                      r"\d+ s \([\d.]+ s a face crop, measured just now")
 HUB_URL = re.compile(r"https://huggingface\.co/\S+/resolve/main/model\.safetensors")
 
 
@@ -27,3 +32,14 @@ def test_tables_keep_every_column_and_url_when_piped(tmp_path: Path) -> None:
     assert len(rows) == 1, done.stdout
     assert "…" not in done.stdout
     assert HUB_URL.search(rows[0]) and rows[0].count("│") == 6, rows[0]
+
+
+@pytest.mark.slow
+def test_a_long_cpu_score_says_how_long_up_front(face_video_360p: Path) -> None:
+    """60 frames through ViT-B/16 on the CPU take seconds: the estimate comes first."""
+    done = run_cli("score", str(face_video_360p), "--arch", "ViT-B-16", "--allow-untrained",
+                   "--frames", "60", "--json", env={"DFSTREAM_DETECTOR__DEVICE": "cpu"})
+    assert done.returncode == 0, done.stderr
+    estimate = ESTIMATE.search(done.stderr)
+    assert estimate, done.stderr
+    assert json.loads(done.stdout)["frames_scored"] == int(estimate["frames"]) == 60
