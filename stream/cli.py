@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 
 from engines.errors import UserError
 from stream.config import Settings, configure_store, describe_validation_error, load_settings
-from stream.console import make_console
+from stream.console import make_console, widen_help
 from stream.sources.urls import check_streams, redact
 
 
@@ -70,6 +70,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 
 console = make_console(stderr=True)
+widen_help()
 
 ConfigOption = Annotated[
     Path | None,

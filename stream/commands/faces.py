@@ -91,17 +91,20 @@ def _rows(
 def _print_table(rows: list[dict[str, Any]], video: bool) -> None:
     from rich.table import Table
 
-    table = Table(box=None)
+    unconfirmed = video and not all(row["confirmed"] for row in rows)
+    table = Table(box=None, caption_justify="left", caption=(
+        "track N?: not confirmed yet (seen in fewer than faces.track_min_hits frames)"
+        if unconfirmed else None))
     if video:
         table.add_column("frame", justify="right")
         table.add_column("time", justify="right")
         table.add_column("track", justify="right")
     table.add_column("score", justify="right")
     table.add_column("box x1,y1,x2,y2")
-    table.add_column("eyes")
+    table.add_column("landmarks: eyes, nose, mouth corners")
     for row in rows:
         cells = [f"{row['score']:.3f}", ", ".join(f"{v:.0f}" for v in row["box"]),
-                 "  ".join(f"({x:.0f},{y:.0f})" for x, y in row["landmarks"][:2])]
+                 " ".join(f"({x:.0f},{y:.0f})" for x, y in row["landmarks"])]
         if video:
             track = f"{row['track']}" + ("" if row["confirmed"] else "?")
             cells = [str(row["frame"]), f"{row['pts']:.2f}s", track, *cells]
@@ -168,6 +171,8 @@ def faces_command(
 
     rows, analysed, error = _run_video(path, analyser, settings, fps=fps, limit=frames,
                                        crops_dir=save_crops)
+    if error and analysed == 0:
+        raise fail(error)
     tracks = len({row["track"] for row in rows if row["confirmed"]})
     _emit(rows, json_out, video=True,
           summary=f"{len(rows)} face(s) in {analysed} frame(s), {tracks} confirmed track(s)")

@@ -123,8 +123,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (overrides api.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Bind port (overrides api.port).")] = None,
     allow_untrained: Annotated[bool, typer.Option(
-        help="Run with random weights (loudly flagged) when no trained detector is installed "
-        "(overrides detector.allow_untrained).")] = False,
+        "--allow-untrained", help="Run with random weights (loudly flagged) when no trained "
+        "detector is installed (overrides detector.allow_untrained).")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the service: the HTTP API (docs at /docs), the dashboard at / and the pipeline."""
