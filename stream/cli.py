@@ -22,8 +22,8 @@ from stream.sources.urls import check_streams, redact
 
 class Commands(TyperGroup):
     """The one error path of every command: a known condition (``engines.errors.UserError``,
-    a refused value) is one line and exit 2, naming the command's own flag where it has one;
-    anything else is a bug and keeps its traceback."""
+    a refused value, a file or socket the system refuses) is one line and exit 2, naming the
+    command's own flag where it has one; anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -32,6 +32,8 @@ class Commands(TyperGroup):
             raise fail(with_flag(str(exc), exc.setting, self._invoked(ctx))) from None
         except ValidationError as exc:
             raise fail(describe_validation_error(exc, "value")) from None
+        except OSError as exc:  # a file that cannot be read or written, a port in use
+            raise fail(str(exc)) from None
 
     def _invoked(self, ctx: click.Context) -> click.Command | None:
         name = ctx.invoked_subcommand

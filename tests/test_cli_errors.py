@@ -4,6 +4,7 @@ the reason and the fix (the command's own flag where it has one), exit code 2, n
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,10 @@ def test_the_service_log_holds_no_password(tmp_path: Path) -> None:
             process.wait()
     text = "".join(logged) + out + err
     assert "127.0.0.1" in text and "s3cret" not in text, text
+
+
+def test_serve_on_a_taken_port_says_so_before_loading_anything() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        error = one_line_error(run_cli("serve", "--port", str(port)))
+    assert error.startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import signal
 import socket
 import time
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, app, console, settings_or_exit
 from stream.commands.demo_view import ScoreProbe, detector_banner, status_line, view
 from stream.rtsp_camera import RtspCamera
 
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
     from stream.config import Settings
     from stream.demo_model import DemoModel
 
-log = logging.getLogger("dfstream.demo")
 
 MEDIA_CAMERA = "demo"
 """The one camera's name when ``--media`` gives the video."""
@@ -102,11 +100,7 @@ def _train_demo_model(settings: Settings, build: Any) -> DemoModel:
                 tasks[phase] = bar.add_task(phase, total=total)
             bar.update(tasks[phase], completed=done, total=total)
 
-        try:
-            model: DemoModel = build(settings, progress=progress)
-        except Exception as exc:  # anything that stops the build: say what, not a traceback
-            log.debug("demo model build failed", exc_info=True)
-            raise fail(f"the synthetic demo model could not be built: {exc}") from None
+        model: DemoModel = build(settings, progress=progress)
     if not model.cached:
         console.print(f"[dim]synthetic demo model trained in {model.report['build_s']:.0f} s: "
                       f"{model.bundle} (cached)[/dim]", soft_wrap=True)
@@ -175,7 +169,7 @@ def demo(
     (once, about 1.5 minutes on two CPU cores). Nothing to set up."""
     import asyncio
 
-    from stream.commands.serve import check_bind, configure_logging
+    from stream.commands.serve import check_bind, configure_logging, listen
     from stream.demo_model import demo_cameras
     from stream.redis_server import EmbeddedRedis
 
@@ -207,7 +201,7 @@ def demo(
         settings = choice.settings.model_copy(update={
             "redis": settings.redis.model_copy(update={"url": redis_url}),
         })
-        listener = _listen(settings.api.host, port)
+        listener = listen(settings.api.host, port)
         run = DemoRun(settings, cameras, streams, choice, redis_url, listener, duration, stop,
                       began)
         stop.graceful = True
@@ -223,15 +217,6 @@ def demo(
             signal.signal(sig, handler)
     if json_summary:
         typer.echo(json.dumps(summary, indent=2))
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind the API's socket here, so a taken port is a clear error before anything starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _server_class() -> type:
@@ -260,12 +245,7 @@ async def _run(run: DemoRun) -> dict[str, Any]:
 
     service = Service(run.settings)
     with console.status("loading the face detector and the scorer, warming them up"):
-        try:
-            await service.start()
-        except Exception as exc:  # anything that stops start-up: say what, not a traceback
-            log.debug("service start-up failed", exc_info=True)
-            await service.close()
-            raise fail(f"the service did not start: {exc}") from None
+        await service.start()  # a refusal ends the demo as one line (stream.cli.Commands)
     info = service.detector_info
     assert info is not None
     port = run.listener.getsockname()[1]

@@ -62,6 +62,16 @@ def check_bind(settings: Settings) -> None:
         )
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the API's socket first, so that a taken port is a clear error before anything
+    starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def run_service(settings: Settings) -> None:
     """Serve the API and run the pipeline until SIGINT/SIGTERM, then shut down gracefully."""
     import uvicorn
@@ -98,23 +108,22 @@ def run_service(settings: Settings) -> None:
 
         async def _serve(self, sockets: list[socket.socket] | None = None) -> None:
             await service.start()
+            log.info("serving http://%s:%d/ (the dashboard; the API docs at /docs)",
+                     f"[{host}]" if ":" in host else host, listener.getsockname()[1])
             try:
                 await super()._serve(sockets)
             finally:
                 await service.close()
 
     check_bind(settings)
+    host = settings.api.host
+    listener = listen(host, settings.api.port)
     service = Service(settings)
     api_app = create_app(service, manage_service=False)
-    config = uvicorn.Config(
-        api_app,
-        host=settings.api.host,
-        port=settings.api.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
-    ServiceServer(config).run()
+    config = uvicorn.Config(api_app, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=30)
+    with listener:
+        ServiceServer(config).run(sockets=[listener])
 
 
 @app.command()
