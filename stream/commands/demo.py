@@ -35,6 +35,7 @@ import typer
 from stream.cli import ConfigOption, app, console, settings_or_exit
 from stream.commands.demo_view import ScoreProbe, detector_banner, status_line, view
 from stream.rtsp_camera import RtspCamera
+from stream.sources.urls import redact
 
 if TYPE_CHECKING:
 
@@ -264,7 +265,7 @@ async def _run(run: DemoRun) -> dict[str, Any]:
     if banner is not None:
         console.print(banner)
     console.print(f"dashboard: {run.dashboard}", soft_wrap=True)
-    console.print(f"watch from another shell: dfstream watch --redis-url {run.redis_url}",
+    console.print(f"watch from another shell: dfstream watch --redis-url {redact(run.redis_url)}",
                   soft_wrap=True)
     events_since = await _last_event_id(run)
     for stream_id, url in run.stream_urls().items():
@@ -318,7 +319,7 @@ async def _run(run: DemoRun) -> dict[str, Any]:
         "duration_s": round(elapsed, 1),
         "startup_s": round(startup_s, 1),
         "dashboard": run.dashboard,
-        "redis_url": run.redis_url,
+        "redis_url": redact(run.redis_url),
         "rtsp_urls": {name: camera.url for name, camera in run.cameras.items()},
         "untrained": not info.trained,
         "synthetic": info.synthetic,

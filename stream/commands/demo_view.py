@@ -10,6 +10,7 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from stream.commands.watch import STATUS_STYLE
+from stream.sources.urls import redact
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -142,7 +143,7 @@ def view(
         "latency decoded → subscriber: " + (
             f"p50 {latency['p50']:.0f} ms, p99 {latency['p99']:.0f} ms "
             f"({latency['samples']} messages)" if latency["samples"] else "-"),
-        f"redis: {run.redis_url}  (dfstream watch --redis-url {run.redis_url})",
+        f"redis: {redact(run.redis_url)}  (dfstream watch --redis-url {redact(run.redis_url)})",
     ]
     recent = probe.recent()
     events = Table("latest events", "stream", "score", "at", box=None, show_header=True)
