@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.markup import escape
+from rich.progress import Progress, ProgressColumn
 from typer import _click as click  # typer ships its own click
 from typer.core import TyperGroup
 
@@ -95,6 +96,14 @@ def settings_or_exit(config: Path | None, **options: object) -> Settings:
         settings = load_settings(config, **sections)
     configure_store(settings)
     return settings
+
+
+def progress_bar(*columns: str | ProgressColumn, transient: bool = True,
+                 enabled: bool = True) -> Progress:
+    """A progress bar on stderr, drawn only on a terminal: in a log it could not redraw, and
+    rich would leave an empty line where it was."""
+    return Progress(*columns, console=console, transient=transient,
+                    disable=not (enabled and console.is_terminal))
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -147,3 +147,12 @@ def test_serve_on_a_taken_port_says_so_before_loading_anything() -> None:
         port = taken.getsockname()[1]
         error = one_line_error(run_cli("serve", "--port", str(port)))
     assert error.startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+def test_a_command_with_a_progress_bar_still_fails_in_one_line(tmp_path: Path) -> None:
+    """Into a pipe the bar is not drawn, so it leaves no empty line before the error."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    error = one_line_error(run_cli("data", "synth", "--out", str(blocker / "set"),
+                                   "--videos", "2"))
+    assert "Not a directory" in error or "exists" in error, error

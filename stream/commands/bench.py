@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from stream.cli import ConfigOption, bench_app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, bench_app, console, fail, progress_bar, settings_or_exit
 from stream.console import make_console
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -37,7 +37,7 @@ def bench_ingest(
     """CPU seconds (user+sys) of the ingest delivering 5 fps from 1080p30 H.264 with the
     pipeline's conversions, divided by those of `ffmpeg -threads 1 -i FILE -f null -` on the same
     file in the same run: a broadcast encode (B-frames) and a video-call encode (none)."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from stream.bench.ingest import TARGETS, BenchConfig, run
 
@@ -46,8 +46,8 @@ def bench_ingest(
     cfg = BenchConfig(seconds=seconds, runs=runs, analysis_fps=analysis_fps, content=content,
                       workdir=workdir)
     steps = 2 + runs * 9  # two encodes, then 5 + 4 measurements per run
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with progress_bar(SpinnerColumn(), TextColumn("{task.description}"),
+                      TimeElapsedColumn()) as progress:
         task = progress.add_task("bench ingest", total=steps)
 
         def step(message: str) -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from stream.cli import ConfigOption, app, console, settings_or_exit
+from stream.cli import ConfigOption, app, console, progress_bar, settings_or_exit
 from stream.commands.demo_view import ScoreProbe, detector_banner, status_line, view
 from stream.rtsp_camera import RtspCamera
 from stream.sources.urls import redact
@@ -89,11 +89,11 @@ def choose_detector(settings: Settings) -> DetectorChoice:
 
 
 def _train_demo_model(settings: Settings, build: Any) -> DemoModel:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     columns = (TextColumn("synthetic demo model: {task.description}"), BarColumn(),
                MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress_bar(*columns) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(phase: str, done: int, total: int) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, app, console, fail, progress_bar, settings_or_exit
 
 if TYPE_CHECKING:
     from engines.calibrated import CalibratedScorer
@@ -145,7 +145,7 @@ def _operating_point(
     settings: Settings, prepared_set: PreparedSet, bundle: Path, split: str, device: str,
     rule: str, false_alerts_per_hour: float,
 ) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from stream.analysis import Analyser, CropPolicy
     from stream.config import DetectorSettings
@@ -172,8 +172,8 @@ def _operating_point(
                                     detector=detector)
     fps = settings.ingest.analysis_fps
     traces = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console, transient=True) as bar:
+    with progress_bar(TextColumn("{task.description}"), BarColumn(),
+                      MofNCompleteColumn()) as bar:
         task = bar.add_task(f"replay at {fps:g} fps", total=len(entries))
         for entry in entries:
             traces.append(trace_video(entry, analyser, fps))

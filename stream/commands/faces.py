@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, app, console, fail, progress_bar, settings_or_exit
 from stream.console import make_console
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ def _run_video(
     path: Path, analyser: Analyser, settings: Settings, *, fps: float | None, limit: int | None,
     crops_dir: Path | None,
 ) -> tuple[list[dict[str, Any]], int, str | None]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     from stream.sources.reader import VideoError, read_frames
 
@@ -202,8 +202,8 @@ def _run_video(
         progress.update(task, advance=len(batch))
         batch.clear()
 
-    with Progress("faces", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as progress:
+    with progress_bar("faces", BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn()) as progress:
         task = progress.add_task("frames", total=_estimated_frames(path, fps, limit))
         try:
             for frame in read_frames(path, fps=fps, limit=limit):

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from stream.cli import ConfigOption, console, fail, models_app, settings_or_exit
+from stream.cli import ConfigOption, console, fail, models_app, progress_bar, settings_or_exit
 from stream.console import make_console
 
 DEFAULT_DETECTORS = {"ViT-L-14": "gend-clip-l-14"}
@@ -157,15 +157,14 @@ def _progress_bar() -> Any:
     from rich.progress import (
         BarColumn,
         DownloadColumn,
-        Progress,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
-    return Progress(
+    return progress_bar(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=console, transient=False,
+        TimeRemainingColumn(), transient=False,
     )
 
 

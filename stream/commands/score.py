@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, app, console, fail, progress_bar, settings_or_exit
 
 ESTIMATE_FROM_S = 5.0
 """A CPU run expected to take at least this long says so up front."""
@@ -32,7 +32,7 @@ def score_command(
     config: ConfigOption = None,
 ) -> None:
     """Mean p_fake of a video over N uniform frames (the papers' protocol), and per frame."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from stream.analysis import EVERY_FACE, Analyser
     from stream.sources.reader import count_frames
@@ -60,7 +60,7 @@ def score_command(
                 "longer with several faces a frame)")
     columns = (TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total} frames"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress_bar(*columns) as bar:
         task = bar.add_task(f"scoring {video.name}", total=planned)
         result = score_video(
             video, analyser, frames=frames,

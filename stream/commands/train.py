@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, app, console, fail, progress_bar, settings_or_exit
 
 if TYPE_CHECKING:
     from engines.checkpoints.base import BaseTower
@@ -90,7 +90,7 @@ def _train(
     prepared: Path, out: Path, base: str | None, train_config: TrainConfig, resume: bool,
     as_json: bool, workers: Workers,
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from engines.checkpoints.bundle import save_bundle
     from engines.metrics import MetricsError
@@ -105,7 +105,7 @@ def _train(
     checkpoint = out.with_name(out.stem + ".train.pt")
     columns = (TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"))
-    with Progress(*columns, console=console, transient=True, disable=not workers.main) as bar:
+    with progress_bar(*columns, enabled=workers.main) as bar:
         task = bar.add_task("train", total=None, epoch=0, epochs=epochs, loss=0.0)
 
         def progress(epoch: int, step: int, steps: int, loss: float) -> None:
