@@ -54,6 +54,7 @@ def with_flag(message: str, setting: str | None, command: click.Command | None) 
 
 
 def group(help_text: str, **options: Any) -> typer.Typer:
+    """A typer app (the root or a command group) whose commands fail through ``Commands``."""
     return typer.Typer(cls=Commands, help=help_text, **options)
 
 

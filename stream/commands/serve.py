@@ -15,12 +15,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, app, console, fail, group, settings_or_exit
 from stream.config import Settings, invalid_value
 from stream.console import make_console
 from stream.sources.urls import check_streams, redact
 
-streams_app = typer.Typer(help="Manage the streams of a running service (over its HTTP API).")
+streams_app = group("Manage the streams of a running service (over its HTTP API).")
 app.add_typer(streams_app, name="streams")
 
 log = logging.getLogger("dfstream")

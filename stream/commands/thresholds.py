@@ -12,15 +12,15 @@ import typer
 from redis.exceptions import RedisError
 from rich.table import Table
 
-from stream.cli import ConfigOption, app, fail, settings_or_exit
+from stream.cli import ConfigOption, app, fail, group, settings_or_exit
 from stream.config import Settings
 from stream.console import make_console
 from stream.redis_contract import connect, resolve_url
 from stream.sources.urls import redact
 
-thresholds_app = typer.Typer(
-    help="Live thresholds: read and change them in Redis; a running service applies a change "
-    "at its next frame.",
+thresholds_app = group(
+    "Live thresholds: read and change them in Redis; a running service applies a change at its "
+    "next frame.",
     no_args_is_help=True,
 )
 app.add_typer(thresholds_app, name="thresholds")
