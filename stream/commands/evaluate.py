@@ -83,6 +83,8 @@ def eval_command(
     per-manipulation breakdown, with bootstrap intervals; the video score is the mean of the
     uncalibrated p_fake over the prepared frames, as in the papers. With --operating-point:
     alert parameters for a target false-alert rate, measured by replay."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
     from engines.evaluate import evaluate, score_prepared
     from engines.metrics import MetricsError
 
@@ -109,7 +111,11 @@ def eval_command(
         return
     scorer = _scorer(bundle, device)
     try:
-        scores = score_prepared(prepared_set, split, scorer)
+        with progress_bar(TextColumn(f"scoring the {split} split"), BarColumn(),
+                          MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+            task = bar.add_task("", total=None)
+            scores = score_prepared(prepared_set, split, scorer, progress=lambda done, total:
+                                    bar.update(task, completed=done, total=total))
         result = evaluate(scores, threshold=threshold, bootstrap_rounds=bootstrap)
     except (MetricsError, ValueError) as exc:
         raise fail(str(exc)) from None
