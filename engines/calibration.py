@@ -25,6 +25,8 @@ from typing import Any, Literal, cast
 import numpy as np
 from scipy import optimize, special
 
+from engines.errors import UserError
+
 Method = Literal["none", "temperature", "platt"]
 METHODS: tuple[Method, ...] = ("none", "temperature", "platt")
 ECE_BINS = 15
@@ -33,7 +35,7 @@ _PARAM_COUNT: dict[str, int] = {"none": 0, "temperature": 1, "platt": 2}
 _TEMPERATURE_RANGE = (1e-3, 1e3)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError, ValueError):
     """Bad calibration input or parameters; the message says which and why."""
 
 

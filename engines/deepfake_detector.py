@@ -27,6 +27,7 @@ from engines.checkpoints.bundle import (
 from engines.checkpoints.catalog import BundleSummary, bundle_summary, installed_bundles
 from engines.checkpoints.errors import CheckpointError
 from engines.clip_detector import LNCLIPDetector, random_detector
+from engines.errors import UserError
 from engines.interfaces import CropScorer
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ SYNTHETIC_WARNING = (
 )
 
 
-class DetectorUnavailable(RuntimeError):
+class DetectorUnavailable(UserError, RuntimeError):
     """No usable detector; the message says how to install one or allow an untrained one."""
 
 
@@ -148,7 +149,8 @@ def load_model(config: DetectorConfig) -> tuple[LNCLIPDetector, DetectorInfo]:
             raise DetectorUnavailable(
                 f"no trained {config.arch} detector is installed. Run `dfstream models pull` "
                 "(needs internet) or `dfstream models import ...`; to run anyway with random "
-                "weights (scores meaningless), set detector.allow_untrained: true"
+                "weights (scores meaningless), set detector.allow_untrained: true",
+                setting="detector.allow_untrained",
             )
         log.warning(UNTRAINED_WARNING)
         model = random_detector(config.arch)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from engines.errors import UserError
 
-class DeviceUnavailable(ValueError):
+
+class DeviceUnavailable(UserError, ValueError):
     """The device is a valid name, but this machine does not have it (no GPU, or too few)."""
 
 

@@ -12,11 +12,13 @@ from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from engines.errors import UserError
+
 FPR_POINTS = (0.001, 0.01, 0.05)
 BOOTSTRAP_ROUNDS = 1000
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError, ValueError):
     """Metrics asked of data that cannot give them (e.g. one class only)."""
 
 

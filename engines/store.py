@@ -18,6 +18,8 @@ from typing import Generic, Protocol, TypeVar
 
 from platformdirs import user_cache_dir
 
+from engines.errors import UserError
+
 BASES_SUBDIR = "bases"
 BUNDLES_SUBDIR = "bundles"
 ENGINES_SUBDIR = "engines"
@@ -27,7 +29,7 @@ ProgressCallback = Callable[[int, int | None], None]
 """(bytes done, bytes total or None)."""
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A weight file is missing, corrupt or cannot be fetched; the message says what to do."""
 
 

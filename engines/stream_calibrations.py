@@ -23,13 +23,14 @@ from engines.calibration import CalibrationError, Calibrator, Method, fit
 from engines.checkpoints.bundle import Bundle, weights_id
 from engines.checkpoints.files import utc_now
 from engines.clip_detector import LNCLIPDetector
+from engines.errors import UserError
 from engines.recalibrate import logits_of
 from engines.training.crops import PreparedSet
 
 SUBDIR = "calibrations"
 
 
-class StreamCalibrationError(ValueError):
+class StreamCalibrationError(UserError, ValueError):
     """A stream calibration that cannot be found, read or used with these weights."""
 
 

@@ -137,7 +137,7 @@ def create_app(service: Service, *, manage_service: bool = True) -> FastAPI:
     """The app over ``service``; with ``manage_service`` it starts and closes the service with
     the server (so SIGTERM to the server is a graceful shutdown of everything)."""
     settings = service.settings
-    token = settings.api.token
+    token = settings.api.token.get_secret_value() if settings.api.token else None
 
     @contextlib.asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:

@@ -10,12 +10,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +33,7 @@ from pydantic_settings import (
 )
 
 from engines import store
+from engines.errors import UserError
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -347,7 +357,7 @@ class IceServer(Section):
 
     urls: list[str] = Field(..., min_length=1, description="stun:, turn: or turns: URLs.")
     username: str | None = Field(None, description="TURN user name.")
-    credential: str | None = Field(None, description="TURN password.")
+    credential: SecretStr | None = Field(None, description="TURN password.")
 
     @field_validator("urls")
     @classmethod
@@ -381,7 +391,7 @@ class WebRTCSettings(Section):
     decoder_threads: int = Field(
         1, ge=1, le=64, description="Decoder threads per WHIP stream (slice threads)."
     )
-    publish_tokens: dict[str, str] = Field(
+    publish_tokens: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="Per-stream publish tokens (stream id -> token), accepted besides "
         "api.token on that stream's WHIP routes.",
@@ -401,8 +411,9 @@ class WebRTCSettings(Section):
 class ApiSettings(Section):
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=0, le=65535, description="Bind port; 0 picks a free one.")
-    token: str | None = Field(
-        None, description="Bearer token; required when bound beyond loopback."
+    token: SecretStr | None = Field(
+        None, description="Bearer token; required when bound beyond loopback (printed as "
+        "'**********')."
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024, description="Body cap.")
 
@@ -488,20 +499,28 @@ class Settings(BaseSettings):
 _yaml_file: ContextVar[Path | None] = ContextVar("dfstream_yaml_file", default=None)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message names every bad field."""
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def invalid_value(loc: Sequence[str | int], problem: str, shown: str) -> str:
+    """One refused value as every command prints it: the field, what is wrong with it (and so
+    what is allowed), and the value given."""
+    field = ".".join(str(part) for part in loc) or "(root)"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{field}: {problem} (got {shown})"
+
+
+def describe_validation_error(exc: ValidationError, what: str = "configuration") -> str:
+    """A pydantic error as lines of :func:`invalid_value`, under a heading that says what was
+    invalid."""
     lines = []
     for err in exc.errors():
-        field = ".".join(str(part) for part in err["loc"]) or "(root)"
         value = err.get("input")
         shown = "{...}" if isinstance(value, dict) else repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        lines.append(f"{field}: {err['msg']} (got {shown})")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+        lines.append(invalid_value(err["loc"], err["msg"], shown))
+    return f"invalid {what}:\n  " + "\n  ".join(lines)
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:

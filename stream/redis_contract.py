@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from engines.errors import UserError
 from stream.sources.urls import redact
 
 SCHEMA_VERSION = 1
@@ -38,7 +39,7 @@ def acl_rules(prefix: str = "dfstream:") -> list[str]:
             *(f"+{command}" for command in SERVICE_COMMANDS)]
 
 
-class RedisUrlError(ValueError):
+class RedisUrlError(UserError, ValueError):
     """A Redis URL that cannot be used."""
 
 

@@ -17,8 +17,10 @@ from types import TracebackType
 
 import redis
 
+from engines.errors import UserError
 
-class RedisServerError(RuntimeError):
+
+class RedisServerError(UserError, RuntimeError):
     """redis-server is missing or did not come up."""
 
 

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from engines.errors import UserError
 from stream.redis_server import free_tcp_port
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -21,7 +22,7 @@ REFUSED_FILE_EXIT = 2
 """The server's exit code when it refuses the file (it says why on stderr)."""
 
 
-class RtspCameraError(RuntimeError):
+class RtspCameraError(UserError, RuntimeError):
     """The RTSP server could not be started; the message says why and what to install."""
 
 

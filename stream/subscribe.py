@@ -45,8 +45,11 @@ class EventFeed:
         reconnect_base_s: float = 0.2,
         reconnect_cap_s: float = 5.0,
         socket_timeout_s: float = 5.0,
+        log_losses: bool = True,
     ) -> None:
         self.url = url
+        self.log_losses = log_losses
+        """Log each lost connection and reconnect; off for a view that shows ``last_error``."""
         self.keys = RedisKeys(prefix)
         self.last_id = last_id
         self.count = count
@@ -114,8 +117,9 @@ class EventFeed:
             raise
         if self.last_error is not None:
             self.reconnects += 1
-            log.info("events feed reconnected to %s; resuming after %s", redact(self.url),
-                     self.last_id)
+            if self.log_losses:
+                log.info("events feed reconnected to %s; resuming after %s", redact(self.url),
+                         self.last_id)
         self._client = client
         self._backoff.reset()
         return client
@@ -124,8 +128,9 @@ class EventFeed:
         self.last_error = f"{type(exc).__name__}: {exc}"
         await self.close()
         delay = self._backoff.next_delay()
-        log.warning("events feed lost %s (%s); retrying in %.1fs", redact(self.url),
-                    self.last_error, delay)
+        if self.log_losses:
+            log.warning("events feed lost %s (%s); retrying in %.1fs", redact(self.url),
+                        self.last_error, delay)
         await asyncio.sleep(delay)
 
     @staticmethod

@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
+from engines.errors import UserError
 from stream.backoff import Backoff
 from stream.config import STREAM_ID_PATTERN, Settings, Thresholds
 from stream.redis_contract import RedisKeys, connect
@@ -80,7 +81,7 @@ async def _contention_pause(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
 
 
-class ThresholdError(ValueError):
+class ThresholdError(UserError, ValueError):
     """A threshold change that was refused; nothing was written."""
 
     def __init__(self, message: str, *, unknown_stream: bool = False) -> None:

@@ -7,6 +7,7 @@ without a face do not count towards the mean, and a video with no face at all ha
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.calibrated import CalibratedScorer
+from engines.interfaces import CROP_SIZE
 from stream.analysis import Analyser, FrameAnalysis
 from stream.sources.reader import VideoError, read_uniform
 
@@ -96,6 +99,16 @@ def score_video(
     if not result.frames:
         raise VideoError(f"{path}: no frame could be decoded")
     return result
+
+
+def seconds_per_crop(scorer: CalibratedScorer) -> float:
+    """One face crop through the detector, timed after a first call that allocates: about what
+    a frame with one face costs here (the face detector adds little next to ViT-L/14)."""
+    crop = np.zeros((1, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    scorer.score(crop)
+    start = time.perf_counter()
+    scorer.score(crop)
+    return time.perf_counter() - start
 
 
 def _scored_frame(analysis: FrameAnalysis) -> ScoredFrame:

@@ -20,6 +20,7 @@ import pytest
 
 DFSTREAM = Path(sys.executable).parent / "dfstream"
 DASHBOARD = re.compile(r"dashboard: (http://127\.0\.0\.1:\d+/)")
+STATUS_LINE = re.compile(r"demo \d+ s: fake \w+ [\d.]+/[\d.]+ fps, \d+ frames, p_stream ")
 
 
 def no_trained_detector() -> bool:
@@ -75,6 +76,10 @@ def test_demo_runs_the_service_and_summarises() -> None:
 
     summary = json.loads(stdout)
     assert summary["dashboard"] == url
+    # Piped, the live table is a plain status line every 5 s, then the table once at the end.
+    status = [line for line in stderr if STATUS_LINE.match(line)]
+    assert len(status) >= 4, "".join(stderr)
+    assert "fake online" in status[-1] and "real online" in status[-1], status[-1]
     assert summary["duration_s"] >= 25
     assert all(summary["frames_analysed"][name] > 0 for name in ("fake", "real"))
     latency = summary["latency_ms"]

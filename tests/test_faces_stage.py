@@ -257,15 +257,15 @@ def test_cli_on_a_video_reports_frames_tracks_and_crops(
 def test_cli_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               astronaut_png: Path) -> None:
     code, _, err = run_cli("faces", str(tmp_path / "missing.png"))
-    assert code == 1 and "does not exist" in err
+    assert code == 2 and "does not exist" in err
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(b"\x00\x01 this is neither an image nor a video" * 100)
     code, _, err = run_cli("faces", str(garbage), "--device", "cpu")
-    assert code == 1 and "cannot be opened as an image or a video" in err
+    assert code == 2 and "cannot be opened as an image or a video" in err
     monkeypatch.setenv("DFSTREAM_WEIGHTS_DIR", str(tmp_path / "nowhere"))
     monkeypatch.setenv("DFSTREAM_HOME", str(tmp_path / "home"))
     code, _, err = run_cli("faces", str(astronaut_png))
-    assert code == 1 and "not installed" in err
+    assert code == 2 and "not installed" in err
 
 
 def test_settings_choose_the_backend(retinaface_weights: Path) -> None:

@@ -62,7 +62,7 @@ def test_pull_offline_says_so_and_gives_the_manual_steps(monkeypatch: pytest.Mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import
     result = runner.invoke(app, ["models", "pull", "gend-clip-l-14"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "offline" in text
     assert "Manual steps" in text
@@ -93,7 +93,7 @@ def test_import_list_verify_and_a_corrupt_bundle(tmp_path: Path) -> None:
     assert "LayerNorms + head over clip-tiny-test" in " ".join(result.output.split())
     again = runner.invoke(app, ["models", "import", "gend", str(gend), "--name", "tiny-gend",
                                 "--base", "clip-tiny-test"])
-    assert again.exit_code == 1 and "exists" in again.output
+    assert again.exit_code == 2 and "exists" in again.output
 
     listed = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
     assert [b["name"] for b in listed["bases"]] == ["clip-tiny-test"]
@@ -130,7 +130,7 @@ def test_import_of_a_mismatching_detector_is_refused(tmp_path: Path) -> None:
                             tmp_path / "other.safetensors")
     result = runner.invoke(app, ["models", "import", "gend", str(other), "--base",
                                  "clip-tiny-test"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "--full-model" in " ".join(result.output.split())
 
 

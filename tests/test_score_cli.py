@@ -58,18 +58,18 @@ def test_a_video_without_faces_has_no_score(no_face_video: Path) -> None:
 
 def test_random_weights_are_refused_unless_allowed(face_video_360p: Path) -> None:
     result = runner.invoke(app, ["score", str(face_video_360p), "--arch", "tiny"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "allow_untrained" in " ".join(result.output.split())
 
 
 def test_missing_or_bad_files_are_clear_errors(tmp_path: Path) -> None:
     missing = tmp_path / "missing.mp4"
     result = runner.invoke(app, ["score", str(missing), "--arch", "tiny", "--allow-untrained"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "does not exist" in " ".join(result.output.split())
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\x00not a video" * 100)
     result = runner.invoke(app, ["score", str(garbage), "--arch", "tiny", "--allow-untrained"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     output = " ".join(result.output.split())
     assert "cannot be read" in output or "no video" in output

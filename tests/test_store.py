@@ -268,5 +268,5 @@ def test_import_installs_from_the_archive_or_the_extracted_file(
     wrong = tmp_path / "wrong.whl"
     write_wheel(wrong, b"WEIGHTS = b'other'\n")
     result = runner.invoke(app, ["models", "import", "artifact", str(wrong), "--name", art.name])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "is neither test_archived.bin" in " ".join(result.output.split())

@@ -310,7 +310,7 @@ def test_cli_says_where_redis_is_missing(monkeypatch: pytest.MonkeyPatch) -> Non
     assert missing.exit_code == 2 and "no Redis URL" in flat(missing.output)
     url = f"redis://:secret-pw@127.0.0.1:{free_tcp_port()}/0"
     down = runner.invoke(app, ["thresholds", "get", "--redis-url", url])
-    assert down.exit_code == 1 and "cannot use Redis at" in flat(down.output)
+    assert down.exit_code == 2 and "cannot use Redis at" in flat(down.output)
     assert "secret-pw" not in down.output
     bad = runner.invoke(app, ["thresholds", "get", "--redis-url", "http://x"])
     assert bad.exit_code == 2 and "must start with redis://" in flat(bad.output)

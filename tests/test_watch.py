@@ -17,6 +17,7 @@ from stream.config import Thresholds
 from stream.publish.publisher import Publisher
 from stream.redis_server import EmbeddedRedis, free_tcp_port
 from stream.scoring import FaceScore, StreamScoring
+from tests.support.cli import one_line_error, run_cli
 
 BOX = (0.0, 0.0, 80.0, 80.0)
 TOGGLE = Thresholds(enter=0.8, exit=0.6, min_duration_s=0.0, hold_s=0.0, cooldown_s=0.0,
@@ -56,7 +57,7 @@ async def test_view_shows_streams_states_scores_and_latest_events(redis_url: str
     assert [e["type"] for e in snap["events"]] == ["stream.online", "alert.start",
                                                   "stream.online"]
     text = rendered(view)
-    for expected in ("cam1", "cam2", "alert.start", "0.950", "25/5/20", "service "):
+    for expected in ("cam1", "cam2", "alert.start", "0.950", "25.0/5.0/20.0", "service "):
         assert expected in text
     # New events arrive at the next refresh; a stream filter hides the others.
     pub.publish(StreamScoring("cam2", TOGGLE).update(
@@ -132,8 +133,31 @@ def test_cli_once_json_and_text(redis_url: str) -> None:
     assert runner.invoke(app, ["watch", "--json", "--redis-url", redis_url]).exit_code == 2
 
 
-def test_cli_unreachable_redis_is_a_clear_error() -> None:
-    url = f"redis://127.0.0.1:{free_tcp_port()}/0"
-    out = CliRunner().invoke(app, ["watch", "--once", "--redis-url", url])
-    assert out.exit_code == 1
-    assert "cannot read Redis" in " ".join(out.output.split())
+def test_cli_once_against_a_dead_redis_prints_only_the_error() -> None:
+    url = f"redis://:pw@127.0.0.1:{free_tcp_port()}/0"
+    error = one_line_error(run_cli("watch", "--once", "--redis-url", url))
+    assert error.startswith("error: cannot read Redis at redis://:***@127.0.0.1:"), error
+
+
+def test_cli_live_view_says_redis_is_unreachable_once() -> None:
+    url = f"redis://:pw@127.0.0.1:{free_tcp_port()}/0"
+    done = run_cli("watch", "--duration", "1.5", "--refresh", "0.1", "--redis-url", url)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith(f"Redis {url.replace(':pw@', ':***@')} is unreachable ("), \
+        done.stdout
+    assert "no service is running" not in done.stdout and "pw@" not in done.stdout
+
+
+def test_cli_rounds_every_rate_alike(redis_url: str) -> None:
+    async def populate() -> None:
+        pub = Publisher(redis_url)
+        await pub.start()
+        pub.stream_online("cam1", epoch=1)
+        pub.stream_status("cam1", "online", fps_in=30, fps_analysed=5.127, fps_dropped=0)
+        assert await pub.flush(5)
+        await pub.close(timeout_s=2)
+
+    asyncio.run(populate())
+    done = run_cli("watch", "--once", "--redis-url", redis_url)
+    assert done.returncode == 0, done.stderr
+    assert "30.0/5.1/0.0" in done.stdout, done.stdout

@@ -8,13 +8,14 @@ import numpy as np
 import torch
 
 from engines.devices import DeviceUnavailable, resolve_device
+from engines.errors import UserError
 from engines.interfaces import CROP_SIZE
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UserError, RuntimeError):
     """The backend cannot run here (library missing, no GPU); the message says what is missing."""
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.errors import UserError
+
 FORMAT = "dfstream-prepared-crops"
 VERSION = 1
 INDEX = "prepared.json"
@@ -30,7 +32,7 @@ CROPS_DIR = "crops"
 LABELS = {"real": 0, "fake": 1}
 
 
-class PreparedSetError(ValueError):
+class PreparedSetError(UserError, ValueError):
     """A prepared folder is missing, of another format, or inconsistent; the message says how
     to rebuild it."""
 

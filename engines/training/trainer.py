@@ -23,6 +23,7 @@ from torchvision.transforms import v2
 from engines.checkpoints.base import BaseTower
 from engines.checkpoints.bundle import Bundle, bundle_from_model, model_from_state
 from engines.clip_detector import LNCLIPDetector, arch_spec
+from engines.errors import UserError
 from engines.metrics import ranking_metrics, video_means
 from engines.training import distributed
 from engines.training.augment import augment_batch, training_augmentation
@@ -39,7 +40,7 @@ Progress = Callable[[int, int, int, float], None]
 """(epoch, step within the epoch, steps per epoch, running loss)."""
 
 
-class TrainingError(ValueError):
+class TrainingError(UserError, ValueError):
     """Training cannot start or resume; the message says what to change."""
 
 

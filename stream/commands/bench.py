@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from stream.cli import ConfigOption, bench_app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, bench_app, console, fail, progress_bar, settings_or_exit
+from stream.console import make_console
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -36,7 +37,7 @@ def bench_ingest(
     """CPU seconds (user+sys) of the ingest delivering 5 fps from 1080p30 H.264 with the
     pipeline's conversions, divided by those of `ffmpeg -threads 1 -i FILE -f null -` on the same
     file in the same run: a broadcast encode (B-frames) and a video-call encode (none)."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from stream.bench.ingest import TARGETS, BenchConfig, run
 
@@ -45,8 +46,8 @@ def bench_ingest(
     cfg = BenchConfig(seconds=seconds, runs=runs, analysis_fps=analysis_fps, content=content,
                       workdir=workdir)
     steps = 2 + runs * 9  # two encodes, then 5 + 4 measurements per run
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with progress_bar(SpinnerColumn(), TextColumn("{task.description}"),
+                      TimeElapsedColumn()) as progress:
         task = progress.add_task("bench ingest", total=steps)
 
         def step(message: str) -> None:
@@ -163,7 +164,6 @@ def bench_faces(
     settings_or_exit(None)  # the model store's locations, as every command honours them
     from engines.devices import resolve_device
     from engines.retinaface.network import ARCHS
-    from engines.store import StoreError
 
     if arch not in ARCHS:
         raise fail(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
@@ -174,20 +174,16 @@ def bench_faces(
             devices = [str(resolve_device(device))]
         except ValueError as exc:
             raise fail(str(exc)) from None
-    try:
-        from stream.bench.faces import run_bench
+    from stream.bench.faces import run_bench
 
-        result = run_bench(
-            arch=arch, sizes=_parse_sizes(sizes), cpu_batches=_parse_ints(batches),
-            gpu_batches=_parse_ints(gpu_batches), devices=devices, seconds=seconds,
-            rounds=rounds, weights=weights, threads=threads,
-        )
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    result = run_bench(
+        arch=arch, sizes=_parse_sizes(sizes), cpu_batches=_parse_ints(batches),
+        gpu_batches=_parse_ints(gpu_batches), devices=devices, seconds=seconds,
+        rounds=rounds, weights=weights, threads=threads,
+    )
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"RetinaFace {arch} detect()")
@@ -202,7 +198,7 @@ def bench_faces(
                       str(case["batch"]), f"{case['frames_per_s']:.1f}",
                       f"{1000 / case['frames_per_s']:.1f}",
                       "1.00" if ratio is None else f"{ratio:.2f}")
-    Console().print(table)
+    make_console().print(table)
 
 
 # --- pipeline -------------------------------------------------------------------------------------
@@ -330,15 +326,11 @@ def bench_train(
     rate of the same model in the same run."""
     from engines.bench.training import run_training_benchmark
     from engines.clip_detector import ARCHS
-    from engines.devices import DeviceUnavailable
 
     if arch not in ARCHS:
-        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
-    try:
-        result = run_training_benchmark(arch=arch, batch=batch, device=device, seconds=seconds,
-                                        rounds=rounds)
-    except DeviceUnavailable as exc:
-        raise fail(str(exc)) from None
+        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    result = run_training_benchmark(arch=arch, batch=batch, device=device, seconds=seconds,
+                                    rounds=rounds)
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -363,7 +355,7 @@ def bench_heatmap(
     from engines.clip_detector import ARCHS
 
     if arch not in ARCHS:
-        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
+        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     result = run_heatmap_benchmark(arch=arch, seconds=seconds, rounds=rounds, threads=threads)
     if json_out:
         typer.echo(json.dumps(result, indent=2))

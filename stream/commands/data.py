@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from stream.cli import ConfigOption, console, data_app, fail, settings_or_exit
+from stream.cli import ConfigOption, console, data_app, fail, progress_bar, settings_or_exit
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -43,7 +43,7 @@ def data_synth(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Write the synthetic set (help: SYNTH_HELP)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from stream.data.synth import SynthConfig, synthesize
 
@@ -51,16 +51,16 @@ def data_synth(
     try:
         config = SynthConfig(videos=videos, frames=frames, width=width, height=height, seed=seed)
     except ValueError as exc:
-        raise fail(str(exc), 2) from None
-    with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), console=console, transient=True) as bar:
+        raise fail(str(exc)) from None
+    with progress_bar(TextColumn("synth"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.description}")) as bar:
         task = bar.add_task("", total=videos)
         try:
             dataset = synthesize(out, config, lambda name: bar.update(task, advance=1,
                                                                       description=name),
                                  overwrite=overwrite)
         except FileExistsError as exc:
-            raise fail(str(exc), 2) from None
+            raise fail(str(exc)) from None
     counts = dataset.counts()
     summary = {
         "out": str(out), "manifest": str(out / "manifest.csv"), "videos": len(dataset),
@@ -94,28 +94,25 @@ def data_prepare(
     """Run the service's face stage over every video and cache the largest face's aligned crop
     per sampled frame, for `dfstream train` and `dfstream eval`. Resumable: videos already
     prepared in --out are kept."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from engines.store import StoreError
     from stream.analysis import Analyser
-    from stream.data.manifest import DatasetError, load_manifest
+    from stream.data.manifest import load_manifest
     from stream.data.prepare import prepare, prepare_settings
 
     settings = settings_or_exit(config)
     if crop is not None:
         if crop not in ("fast", "reference"):
-            raise fail(f"unknown crop style {crop!r}; choose fast or reference", 2)
+            raise fail(f"unknown crop style {crop!r}; choose fast or reference")
         settings.faces.crop = crop  # type: ignore[assignment]
-    try:
-        dataset = load_manifest(manifest)
-    except DatasetError as exc:
-        raise fail(str(exc)) from None
+    dataset = load_manifest(manifest)
     try:
         analyser = Analyser.faces_only(settings)
     except (StoreError, ValueError) as exc:
         raise fail(str(exc)) from None
-    with Progress(TextColumn("prepare"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), console=console, transient=True) as bar:
+    with progress_bar(TextColumn("prepare"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.description}")) as bar:
         task = bar.add_task("", total=len(dataset.entries))
         summary = prepare(
             dataset.entries, analyser, out, frames=frames, with_face=with_face, workers=workers,

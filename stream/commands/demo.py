@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import signal
 import socket
 import time
@@ -33,19 +32,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
-from stream.commands.demo_view import ScoreProbe, detector_banner, view
-from stream.rtsp_camera import RtspCamera, RtspCameraError
+from stream.cli import ConfigOption, app, console, progress_bar, settings_or_exit
+from stream.commands.demo_view import ScoreProbe, detector_banner, status_line, view
+from stream.rtsp_camera import RtspCamera
+from stream.sources.urls import redact
 
 if TYPE_CHECKING:
 
     from stream.config import Settings
     from stream.demo_model import DemoModel
 
-log = logging.getLogger("dfstream.demo")
 
 MEDIA_CAMERA = "demo"
 """The one camera's name when ``--media`` gives the video."""
+STATUS_LINE_EVERY_S = 5.0
+"""How often the demo prints a status line when its output is a log, not a terminal."""
 
 
 @dataclass
@@ -88,11 +89,11 @@ def choose_detector(settings: Settings) -> DetectorChoice:
 
 
 def _train_demo_model(settings: Settings, build: Any) -> DemoModel:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     columns = (TextColumn("synthetic demo model: {task.description}"), BarColumn(),
                MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress_bar(*columns) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(phase: str, done: int, total: int) -> None:
@@ -100,11 +101,7 @@ def _train_demo_model(settings: Settings, build: Any) -> DemoModel:
                 tasks[phase] = bar.add_task(phase, total=total)
             bar.update(tasks[phase], completed=done, total=total)
 
-        try:
-            model: DemoModel = build(settings, progress=progress)
-        except Exception as exc:  # anything that stops the build: say what, not a traceback
-            log.debug("demo model build failed", exc_info=True)
-            raise fail(f"the synthetic demo model could not be built: {exc}") from None
+        model: DemoModel = build(settings, progress=progress)
     if not model.cached:
         console.print(f"[dim]synthetic demo model trained in {model.report['build_s']:.0f} s: "
                       f"{model.bundle} (cached)[/dim]", soft_wrap=True)
@@ -173,9 +170,9 @@ def demo(
     (once, about 1.5 minutes on two CPU cores). Nothing to set up."""
     import asyncio
 
-    from stream.commands.serve import check_bind, configure_logging
+    from stream.commands.serve import check_bind, configure_logging, listen
     from stream.demo_model import demo_cameras
-    from stream.redis_server import EmbeddedRedis, RedisServerError
+    from stream.redis_server import EmbeddedRedis
 
     began = time.monotonic()
     settings = settings_or_exit(config)
@@ -195,23 +192,17 @@ def demo(
             clips = {MEDIA_CAMERA: media}
         choice = choose_detector(settings)
         for name, clip in clips.items():
-            try:
-                cameras[name] = RtspCamera(clip, path=f"/{name}").start()
-            except RtspCameraError as exc:
-                raise fail(str(exc)) from None
+            cameras[name] = RtspCamera(clip, path=f"/{name}").start()
             console.print(f"[dim]camera {name}: {cameras[name].url} ({clip.name}, GStreamer "
                           "RTSP server, looping)[/dim]", soft_wrap=True)
         redis_url = settings.redis.url
         if redis_url is None:
-            try:
-                redis_server = EmbeddedRedis().start()
-            except RedisServerError as exc:
-                raise fail(str(exc)) from None
+            redis_server = EmbeddedRedis().start()
             redis_url = redis_server.url
         settings = choice.settings.model_copy(update={
             "redis": settings.redis.model_copy(update={"url": redis_url}),
         })
-        listener = _listen(settings.api.host, port)
+        listener = listen(settings.api.host, port)
         run = DemoRun(settings, cameras, streams, choice, redis_url, listener, duration, stop,
                       began)
         stop.graceful = True
@@ -227,15 +218,6 @@ def demo(
             signal.signal(sig, handler)
     if json_summary:
         typer.echo(json.dumps(summary, indent=2))
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind the API's socket here, so a taken port is a clear error before anything starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _server_class() -> type:
@@ -264,12 +246,7 @@ async def _run(run: DemoRun) -> dict[str, Any]:
 
     service = Service(run.settings)
     with console.status("loading the face detector and the scorer, warming them up"):
-        try:
-            await service.start()
-        except Exception as exc:  # anything that stops start-up: say what, not a traceback
-            log.debug("service start-up failed", exc_info=True)
-            await service.close()
-            raise fail(f"the service did not start: {exc}") from None
+        await service.start()  # a refusal ends the demo as one line (stream.cli.Commands)
     info = service.detector_info
     assert info is not None
     port = run.listener.getsockname()[1]
@@ -288,7 +265,7 @@ async def _run(run: DemoRun) -> dict[str, Any]:
     if banner is not None:
         console.print(banner)
     console.print(f"dashboard: {run.dashboard}", soft_wrap=True)
-    console.print(f"watch from another shell: dfstream watch --redis-url {run.redis_url}",
+    console.print(f"watch from another shell: dfstream watch --redis-url {redact(run.redis_url)}",
                   soft_wrap=True)
     events_since = await _last_event_id(run)
     for stream_id, url in run.stream_urls().items():
@@ -296,21 +273,31 @@ async def _run(run: DemoRun) -> dict[str, Any]:
     started = time.monotonic()
     startup_s = started - run.began
     snapshot: list[dict[str, Any]] = []
+    # A terminal gets a live table; a log gets a plain status line every few seconds (a live
+    # view cannot redraw there) and the table once at the end.
+    live = (Live(view(run, service, probe, 0.0), console=console, refresh_per_second=2,
+                 transient=False) if console.is_terminal else None)
     try:
-        with Live(view(run, service, probe, 0.0), console=console, refresh_per_second=2,
-                  transient=False) as live:
+        with live if live is not None else contextlib.nullcontext():
+            reported = -STATUS_LINE_EVERY_S
             while run.stop.reason is None and not serving.done():
                 elapsed = time.monotonic() - started
                 if run.duration is not None and elapsed >= run.duration:
                     run.stop.reason = "duration"
                     break
                 snapshot = service.list_streams()
-                live.update(view(run, service, probe, elapsed, snapshot))
+                if live is not None:
+                    live.update(view(run, service, probe, elapsed, snapshot))
+                elif elapsed - reported >= STATUS_LINE_EVERY_S:
+                    console.print(status_line(elapsed, snapshot), markup=False, highlight=False)
+                    reported = elapsed
                 await asyncio.sleep(0.5)
             snapshot = service.list_streams()
-            live.update(view(run, service, probe, time.monotonic() - started, snapshot))
-        if not console.is_terminal:
-            console.line()  # the last rendering of the table ends without one
+            final = view(run, service, probe, time.monotonic() - started, snapshot)
+            if live is not None:
+                live.update(final)
+            else:
+                console.print(final)
     finally:
         elapsed = time.monotonic() - started
         console.print(f"[dim]stopping ({run.stop.reason or 'signal'}): streams, outbox, "
@@ -332,7 +319,7 @@ async def _run(run: DemoRun) -> dict[str, Any]:
         "duration_s": round(elapsed, 1),
         "startup_s": round(startup_s, 1),
         "dashboard": run.dashboard,
-        "redis_url": run.redis_url,
+        "redis_url": redact(run.redis_url),
         "rtsp_urls": {name: camera.url for name, camera in run.cameras.items()},
         "untrained": not info.trained,
         "synthetic": info.synthetic,

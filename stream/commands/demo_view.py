@@ -10,6 +10,7 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from stream.commands.watch import STATUS_STYLE
+from stream.sources.urls import redact
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -109,7 +110,7 @@ def detector_banner(info: DetectorInfo, note: str | None) -> RenderableType | No
         text += f"\n{note}"
     title = ("SYNTHETIC DEMO MODEL: NOT A DEEPFAKE DETECTOR" if info.trained
              else "UNTRAINED DETECTOR: SCORES MEAN NOTHING")
-    return Panel(text, title=title, style="bold white on red", expand=True)
+    return Panel(text, title=title, style="bold white on red", expand=False)
 
 
 def view(
@@ -142,7 +143,7 @@ def view(
         "latency decoded → subscriber: " + (
             f"p50 {latency['p50']:.0f} ms, p99 {latency['p99']:.0f} ms "
             f"({latency['samples']} messages)" if latency["samples"] else "-"),
-        f"redis: {run.redis_url}  (dfstream watch --redis-url {run.redis_url})",
+        f"redis: {redact(run.redis_url)}  (dfstream watch --redis-url {redact(run.redis_url)})",
     ]
     recent = probe.recent()
     events = Table("latest events", "stream", "score", "at", box=None, show_header=True)
@@ -153,6 +154,18 @@ def view(
                        "-" if score is None else f"{score:.3f}",
                        time.strftime("%H:%M:%S", time.localtime(at)) if at else "-")
     return Group(table, *lines, events if recent else "latest events: none yet")
+
+
+def status_line(elapsed: float, streams: list[dict[str, Any]]) -> str:
+    """The live table's figures as one plain line, for a log that a live view cannot redraw."""
+    parts = []
+    for s in streams:
+        p = s["p_stream"]
+        parts.append(
+            f"{s['id']} {s['status']} {s['fps_in']:.1f}/{s['fps_analysed']:.1f} fps, "
+            f"{s['frames_analysed']} frames, p_stream {'-' if p is None else f'{p:.3f}'}, "
+            f"{s['state']}" + (f" ({s['last_error']})" if s["last_error"] else ""))
+    return f"demo {elapsed:.0f} s: " + ("; ".join(parts) or "no streams")
 
 
 def _detector_tag(info: DetectorInfo) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, app, console, fail, progress_bar, settings_or_exit
 
 if TYPE_CHECKING:
     from engines.calibrated import CalibratedScorer
@@ -26,14 +26,10 @@ ReportOption = Annotated[Path | None, typer.Option(
 
 def _summary(bundle: Path) -> BundleSummary:
     from engines.checkpoints.catalog import bundle_summary
-    from engines.checkpoints.errors import CheckpointError
 
     if not bundle.is_file():
         raise fail(f"bundle {bundle} does not exist")
-    try:
-        return bundle_summary(bundle)
-    except CheckpointError as exc:
-        raise fail(str(exc)) from None
+    return bundle_summary(bundle)
 
 
 def _scorer(bundle: Path, device: str) -> CalibratedScorer:
@@ -54,12 +50,9 @@ def _scorer(bundle: Path, device: str) -> CalibratedScorer:
 
 
 def _prepared(path: Path) -> Any:
-    from engines.training.crops import PreparedSet, PreparedSetError
+    from engines.training.crops import PreparedSet
 
-    try:
-        return PreparedSet.open(path)
-    except PreparedSetError as exc:
-        raise fail(str(exc)) from None
+    return PreparedSet.open(path)
 
 
 @app.command("eval")
@@ -90,6 +83,8 @@ def eval_command(
     per-manipulation breakdown, with bootstrap intervals; the video score is the mean of the
     uncalibrated p_fake over the prepared frames, as in the papers. With --operating-point:
     alert parameters for a target false-alert rate, measured by replay."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
     from engines.evaluate import evaluate, score_prepared
     from engines.metrics import MetricsError
 
@@ -98,7 +93,7 @@ def eval_command(
     if operating_point:
         if false_alerts_per_hour is None:
             raise fail("--operating-point needs --false-alerts-per-hour X (the target rate "
-                       "per stream-hour)", 2)
+                       "per stream-hour)")
         result = _operating_point(settings, prepared_set, bundle, split, device,
                                   rule or settings.scoring.thresholds.rule,
                                   false_alerts_per_hour)
@@ -116,7 +111,11 @@ def eval_command(
         return
     scorer = _scorer(bundle, device)
     try:
-        scores = score_prepared(prepared_set, split, scorer)
+        with progress_bar(TextColumn(f"scoring the {split} split"), BarColumn(),
+                          MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+            task = bar.add_task("", total=None)
+            scores = score_prepared(prepared_set, split, scorer, progress=lambda done, total:
+                                    bar.update(task, completed=done, total=total))
         result = evaluate(scores, threshold=threshold, bootstrap_rounds=bootstrap)
     except (MetricsError, ValueError) as exc:
         raise fail(str(exc)) from None
@@ -152,16 +151,15 @@ def _operating_point(
     settings: Settings, prepared_set: PreparedSet, bundle: Path, split: str, device: str,
     rule: str, false_alerts_per_hour: float,
 ) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from stream.analysis import Analyser, CropPolicy
     from stream.config import DetectorSettings
     from stream.data.manifest import DatasetError, load_manifest
     from stream.operating_point import choose, trace_video
-    from stream.sources.reader import VideoError
 
     if rule not in ("hysteresis", "cusum"):
-        raise fail(f"unknown rule {rule!r}; choose hysteresis or cusum", 2)
+        raise fail(f"unknown rule {rule!r}; choose hysteresis or cusum")
     manifest = prepared_set.settings.get("manifest")
     try:
         dataset = load_manifest(Path(manifest)) if manifest else None
@@ -180,14 +178,11 @@ def _operating_point(
                                     detector=detector)
     fps = settings.ingest.analysis_fps
     traces = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console, transient=True) as bar:
+    with progress_bar(TextColumn("{task.description}"), BarColumn(),
+                      MofNCompleteColumn()) as bar:
         task = bar.add_task(f"replay at {fps:g} fps", total=len(entries))
         for entry in entries:
-            try:
-                traces.append(trace_video(entry, analyser, fps))
-            except VideoError as exc:
-                raise fail(str(exc)) from None
+            traces.append(trace_video(entry, analyser, fps))
             bar.advance(task)
         search = bar.add_task(f"{rule} parameters", total=None)
         try:
@@ -222,7 +217,7 @@ def calibrate_command(
     from engines.recalibrate import recalibrate
 
     if method not in ("temperature", "platt"):
-        raise fail(f"unknown calibration method {method!r}; choose temperature or platt", 2)
+        raise fail(f"unknown calibration method {method!r}; choose temperature or platt")
     settings_or_exit(config)
     prepared_set = _prepared(prepared)
     _summary(bundle)
@@ -280,7 +275,7 @@ def calibrate_stream_command(
     )
 
     if method not in ("temperature", "platt"):
-        raise fail(f"unknown calibration method {method!r}; choose platt or temperature", 2)
+        raise fail(f"unknown calibration method {method!r}; choose platt or temperature")
     settings_or_exit(config)
     camera_set, fakes_set = _prepared(camera), _prepared(fakes)
     _summary(bundle)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, app, console, fail, progress_bar, settings_or_exit
+from stream.console import make_console
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,25 +89,27 @@ def _rows(
 
 
 def _print_table(rows: list[dict[str, Any]], video: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table(box=None)
+    unconfirmed = video and not all(row["confirmed"] for row in rows)
+    table = Table(box=None, caption_justify="left", caption=(
+        "track N?: not confirmed yet (seen in fewer than faces.track_min_hits frames)"
+        if unconfirmed else None))
     if video:
         table.add_column("frame", justify="right")
         table.add_column("time", justify="right")
         table.add_column("track", justify="right")
     table.add_column("score", justify="right")
     table.add_column("box x1,y1,x2,y2")
-    table.add_column("eyes")
+    table.add_column("landmarks: eyes, nose, mouth corners")
     for row in rows:
         cells = [f"{row['score']:.3f}", ", ".join(f"{v:.0f}" for v in row["box"]),
-                 "  ".join(f"({x:.0f},{y:.0f})" for x, y in row["landmarks"][:2])]
+                 " ".join(f"({x:.0f},{y:.0f})" for x, y in row["landmarks"])]
         if video:
             track = f"{row['track']}" + ("" if row["confirmed"] else "?")
             cells = [str(row["frame"]), f"{row['pts']:.2f}s", track, *cells]
         table.add_row(*cells)
-    Console().print(table)
+    make_console().print(table)
 
 
 def _load_analyser(settings: Settings, with_crops: bool) -> Analyser:
@@ -168,6 +171,8 @@ def faces_command(
 
     rows, analysed, error = _run_video(path, analyser, settings, fps=fps, limit=frames,
                                        crops_dir=save_crops)
+    if error and analysed == 0:
+        raise fail(error)
     tracks = len({row["track"] for row in rows if row["confirmed"]})
     _emit(rows, json_out, video=True,
           summary=f"{len(rows)} face(s) in {analysed} frame(s), {tracks} confirmed track(s)")
@@ -179,7 +184,7 @@ def _run_video(
     path: Path, analyser: Analyser, settings: Settings, *, fps: float | None, limit: int | None,
     crops_dir: Path | None,
 ) -> tuple[list[dict[str, Any]], int, str | None]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     from stream.sources.reader import VideoError, read_frames
 
@@ -197,8 +202,8 @@ def _run_video(
         progress.update(task, advance=len(batch))
         batch.clear()
 
-    with Progress("faces", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as progress:
+    with progress_bar("faces", BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn()) as progress:
         task = progress.add_task("frames", total=_estimated_frames(path, fps, limit))
         try:
             for frame in read_frames(path, fps=fps, limit=limit):

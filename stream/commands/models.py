@@ -15,7 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from stream.cli import ConfigOption, console, fail, models_app, settings_or_exit
+from stream.cli import ConfigOption, console, fail, models_app, progress_bar, settings_or_exit
+from stream.console import make_console
 
 DEFAULT_DETECTORS = {"ViT-L-14": "gend-clip-l-14"}
 """The published detector ``pull`` fetches by default, per architecture."""
@@ -39,7 +40,7 @@ def models_info(
     from engines.clip_detector import ARCHS, count_parameters
 
     if arch not in ARCHS:
-        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
+        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     counts = asdict(count_parameters(arch))
     counts["trainable_fraction"] = counts["trainable"] / counts["total"]
     counts["bundle_bytes_approx"] = counts["trainable"] * 4
@@ -54,7 +55,7 @@ def models_info(
             f"{value:,}" if isinstance(value, int) else str(value)
         )
         table.add_row(key, shown)
-    console.print(table)
+    make_console().print(table)
 
 
 def _list_rows() -> dict[str, list[dict[str, Any]]]:
@@ -113,7 +114,7 @@ def models_list(config: ConfigOption = None, as_json: JsonOption = False) -> Non
         if not row["installed"]:
             table.add_row(row["kind"], row["name"], row["arch"], "[dim]pullable[/dim]",
                           row["source"])
-    console.print(table)
+    make_console().print(table)
 
 
 @models_app.command("verify")
@@ -156,15 +157,14 @@ def _progress_bar() -> Any:
     from rich.progress import (
         BarColumn,
         DownloadColumn,
-        Progress,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
-    return Progress(
+    return progress_bar(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=console, transient=False,
+        TimeRemainingColumn(), transient=False,
     )
 
 
@@ -195,7 +195,7 @@ def models_pull(
     unknown = [n for n in names if n not in artifacts.ARTIFACTS and n not in HUB_MODELS]
     if unknown:
         known = sorted({*artifacts.ARTIFACTS, *HUB_MODELS})
-        raise fail(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}", 2)
+        raise fail(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
     failed = False
     with _progress_bar() as bar:
         tasks: dict[str, Any] = {}
@@ -216,7 +216,7 @@ def models_pull(
                 failed = True
                 console.print(f"[red]error:[/red] {name}: {exc}")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(2)
 
 
 def _pull_hub_model(name: str, report: Any) -> Path:
@@ -263,40 +263,36 @@ def models_import(
 ) -> None:
     """Import a file you have into the store (the offline path of `pull`)."""
     settings_or_exit(config)
-    from engines import artifacts, store
+    from engines import artifacts
     from engines.checkpoints.base import import_base
     from engines.checkpoints.catalog import install_bundle
-    from engines.checkpoints.errors import CheckpointError
     from engines.checkpoints.importers import import_bundle_file, import_gend, import_lightning
 
-    try:
-        if kind is ImportKind.artifact:
-            if name is None:
-                known = ", ".join(sorted(artifacts.ARTIFACTS))
-                raise fail(f"name the artifact with --name ({known})")
-            target = artifacts.install_file(name, path)
-            console.print(f"[green]{name}[/green]: sha256 ok, installed at {target}")
-            return
-        if kind is ImportKind.base:
-            target = import_base(path, name=name, arch=arch,
-                                             source={"imported_from": str(path)})
-            console.print(f"[green]base[/green]: {target}")
-            return
-        source = {"imported_from": str(path)}
-        if kind is ImportKind.gend:
-            bundle = import_gend(path, base=base, full_model=full_model, source=source)
-            default = "gend-clip-l-14" if bundle.arch == "ViT-L-14" else f"gend-{bundle.arch}"
-        elif kind is ImportKind.lightning:
-            bundle = import_lightning(path, base=base, full_model=full_model, source=source)
-            default = "ln-clip-l-14" if bundle.arch == "ViT-L-14" else f"ln-clip-{bundle.arch}"
-        else:
-            bundle = import_bundle_file(path)
-            default = path.stem
-        if arch is not None and bundle.arch != arch:
-            raise fail(f"{path} holds a {bundle.arch} detector, not {arch}")
-        target = install_bundle(bundle, name or default, overwrite=force)
-    except (CheckpointError, store.StoreError) as exc:
-        raise fail(str(exc)) from None
+    if kind is ImportKind.artifact:
+        if name is None:
+            known = ", ".join(sorted(artifacts.ARTIFACTS))
+            raise fail(f"name the artifact with --name ({known})")
+        target = artifacts.install_file(name, path)
+        console.print(f"[green]{name}[/green]: sha256 ok, installed at {target}")
+        return
+    if kind is ImportKind.base:
+        target = import_base(path, name=name, arch=arch,
+                                         source={"imported_from": str(path)})
+        console.print(f"[green]base[/green]: {target}")
+        return
+    source = {"imported_from": str(path)}
+    if kind is ImportKind.gend:
+        bundle = import_gend(path, base=base, full_model=full_model, source=source)
+        default = "gend-clip-l-14" if bundle.arch == "ViT-L-14" else f"gend-{bundle.arch}"
+    elif kind is ImportKind.lightning:
+        bundle = import_lightning(path, base=base, full_model=full_model, source=source)
+        default = "ln-clip-l-14" if bundle.arch == "ViT-L-14" else f"ln-clip-{bundle.arch}"
+    else:
+        bundle = import_bundle_file(path)
+        default = path.stem
+    if arch is not None and bundle.arch != arch:
+        raise fail(f"{path} holds a {bundle.arch} detector, not {arch}")
+    target = install_bundle(bundle, name or default, overwrite=force)
     kept = "whole tower" if bundle.base is None else f"LayerNorms + head over {bundle.base.id}"
     console.print(f"[green]bundle[/green] {target.stem}: {bundle.arch}, {kept}, "
                   f"{target.stat().st_size:,} bytes at {target}")

@@ -9,7 +9,10 @@ from typing import Annotated
 
 import typer
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, app, console, fail, progress_bar, settings_or_exit
+
+ESTIMATE_FROM_S = 5.0
+"""A CPU run expected to take at least this long says so up front."""
 
 
 @app.command("score")
@@ -29,40 +32,40 @@ def score_command(
     config: ConfigOption = None,
 ) -> None:
     """Mean p_fake of a video over N uniform frames (the papers' protocol), and per frame."""
-    from rich.progress import Progress
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-    from engines.backends import BackendUnavailable
-    from engines.deepfake_detector import DetectorUnavailable
-    from engines.store import StoreError
     from stream.analysis import EVERY_FACE, Analyser
-    from stream.sources.reader import VideoError
-    from stream.video_score import score_video
+    from stream.sources.reader import count_frames
+    from stream.video_score import score_video, seconds_per_crop
 
     if not video.is_file():
         raise fail(f"{video} does not exist")
-    settings = settings_or_exit(config)
-    detector = settings.detector.model_copy()
-    if arch is not None:
-        detector = type(detector)(**{**detector.model_dump(), "arch": arch})
-    if allow_untrained:
-        detector.allow_untrained = True
-    try:
-        analyser, info = Analyser.load(settings, EVERY_FACE, detector=detector)
-    except (DetectorUnavailable, BackendUnavailable, StoreError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    settings = settings_or_exit(config, **{
+        "detector.arch": arch, "detector.allow_untrained": allow_untrained or None,
+    })
+    planned = min(frames, count_frames(video))  # a non-video fails here, before the long load
+    with console.status(f"loading the {settings.detector.arch} detector (its first use on a "
+                        "CPU also exports it to ONNX and times the backends)"):
+        analyser, info = Analyser.load(settings, EVERY_FACE)
     if info.warning:
         console.print(f"[bold white on red] {info.warning} [/]")
     assert analyser.scorer is not None
     calibrator = analyser.scorer.calibrator
-    try:
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task(f"scoring {video.name}", total=frames)
-            result = score_video(
-                video, analyser, frames=frames,
-                progress=lambda done: bar.update(task, completed=done),
-            )
-    except VideoError as exc:
-        raise fail(str(exc)) from None
+    if info.device == "cpu":
+        per_crop = seconds_per_crop(analyser.scorer)
+        if per_crop * planned >= ESTIMATE_FROM_S:
+            console.print(
+                f"scoring {planned} frames with {info.arch} on this CPU takes about "
+                f"{per_crop * planned:.0f} s ({per_crop:.2f} s a face crop, measured just now; "
+                "longer with several faces a frame)")
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total} frames"), TimeElapsedColumn())
+    with progress_bar(*columns) as bar:
+        task = bar.add_task(f"scoring {video.name}", total=planned)
+        result = score_video(
+            video, analyser, frames=frames,
+            progress=lambda done: bar.update(task, completed=done),
+        )
     report = {
         **result.as_dict(),
         "untrained": not info.trained,

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -14,24 +15,39 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
-from stream.config import Settings
+from stream.cli import ConfigOption, app, console, fail, group, settings_or_exit
+from stream.config import Settings, invalid_value
+from stream.console import make_console
+from stream.sources.urls import check_streams, redact
 
-streams_app = typer.Typer(help="Manage the streams of a running service (over its HTTP API).")
+streams_app = group("Manage the streams of a running service (over its HTTP API).")
 app.add_typer(streams_app, name="streams")
 
 log = logging.getLogger("dfstream")
 
 
+class Redacted(logging.Filter):
+    """Masks URL passwords in every record the service logs, whichever module (or library)
+    wrote it, so that no log holds a camera's or Redis's password."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
+    """Rich log lines on a terminal; plain, timestamped ones in a log file or a pipe."""
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=level,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
-        force=True,
-    )
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=True)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(Redacted())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def check_bind(settings: Settings) -> None:
@@ -44,6 +60,16 @@ def check_bind(settings: Settings) -> None:
             "set DFSTREAM_API__TOKEN or api.token so that requests need a bearer token",
             code=2,
         )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the API's socket first, so that a taken port is a clear error before anything
+    starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def run_service(settings: Settings) -> None:
@@ -76,18 +102,28 @@ def run_service(settings: Settings) -> None:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
 
+    class ServiceServer(GracefulServer):
+        """Starts the service before uvicorn's own start-up, so that a refusal (no detector, a
+        refused stream) ends the command as one line rather than a lifespan traceback."""
+
+        async def _serve(self, sockets: list[socket.socket] | None = None) -> None:
+            await service.start()
+            log.info("serving http://%s:%d/ (the dashboard; the API docs at /docs)",
+                     f"[{host}]" if ":" in host else host, listener.getsockname()[1])
+            try:
+                await super()._serve(sockets)
+            finally:
+                await service.close()
+
     check_bind(settings)
+    host = settings.api.host
+    listener = listen(host, settings.api.port)
     service = Service(settings)
-    api_app = create_app(service)
-    config = uvicorn.Config(
-        api_app,
-        host=settings.api.host,
-        port=settings.api.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
-    GracefulServer(config).run()
+    api_app = create_app(service, manage_service=False)
+    config = uvicorn.Config(api_app, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=30)
+    with listener:
+        ServiceServer(config).run(sockets=[listener])
 
 
 @app.command()
@@ -95,16 +131,16 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address (overrides api.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Bind port (overrides api.port).")] = None,
+    allow_untrained: Annotated[bool, typer.Option(
+        "--allow-untrained", help="Run with random weights (loudly flagged) when no trained "
+        "detector is installed (overrides detector.allow_untrained).")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the service: the HTTP API (docs at /docs), the dashboard at / and the pipeline."""
-    overrides: dict[str, Any] = {}
-    settings = settings_or_exit(config)
-    if host is not None or port is not None:
-        api = settings.api.model_dump()
-        api.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
-        overrides["api"] = api
-        settings = settings_or_exit(config, **overrides)
+    settings = settings_or_exit(config, **{
+        "api.host": host, "api.port": port, "detector.allow_untrained": allow_untrained or None,
+    })
+    check_streams(settings)
     configure_logging(log_level.upper())
     run_service(settings)
 
@@ -120,7 +156,12 @@ TokenOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def _request(method: str, api: str, path: str, token: str | None, **kwargs: Any) -> Any:
+def _request(
+    method: str, api: str, path: str, token: str | None, *, names: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Call the service's API; a refusal is one line, validation errors as ``config check``
+    prints them, with each field under the name the command gives it (``names``)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -135,8 +176,24 @@ def _request(method: str, api: str, path: str, token: str | None, **kwargs: Any)
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
-        raise fail(f"{method} {path}: HTTP {response.status_code}: {detail}")
+        raise fail(f"{_readable(detail, names or {})} ({method} {path}: HTTP "
+                   f"{response.status_code})")
     return response.json() if response.content else None
+
+
+def _readable(detail: Any, names: dict[str, str]) -> str:
+    """An API error's detail as text: its validation errors (``stream.api.readable_errors``)
+    one after the other, like ``config check``'s."""
+    if not isinstance(detail, list):
+        return str(detail)
+    refused = []
+    for error in detail:
+        loc = [part for part in error.get("loc", ()) if part != "body"]
+        field = ".".join(str(part) for part in loc)
+        if field in names:
+            loc = [f"{names[field]} ({field})"]
+        refused.append(invalid_value(loc, str(error.get("msg")), str(error.get("input"))))
+    return "; ".join(refused)
 
 
 @streams_app.command("list")
@@ -156,7 +213,7 @@ def streams_list(
             f"{s['fps_in']:.1f}/{s['fps_analysed']:.1f}", str(s["reconnects"]),
             s.get("last_error") or "",
         )
-    console.print(table)
+    make_console().print(table)
 
 
 @streams_app.command("add")
@@ -177,7 +234,9 @@ def streams_add(
         body["analysis_fps"] = fps
     if calibration is not None:
         body["calibration"] = calibration
-    created = _request("POST", api, "/api/streams", token, json=body)
+    created = _request("POST", api, "/api/streams", token, json=body, names={
+        "id": "STREAM_ID", "url": "URL", "analysis_fps": "--fps", "calibration": "--calibration",
+    })
     typer.echo(json.dumps(created, indent=2) if as_json else f"added {stream_id}")
 
 

@@ -10,17 +10,17 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from redis.exceptions import RedisError
-from rich.console import Console
 from rich.table import Table
 
-from stream.cli import ConfigOption, app, fail, settings_or_exit
+from stream.cli import ConfigOption, app, fail, group, settings_or_exit
 from stream.config import Settings
-from stream.redis_contract import RedisUrlError, connect, resolve_url
+from stream.console import make_console
+from stream.redis_contract import connect, resolve_url
 from stream.sources.urls import redact
 
-thresholds_app = typer.Typer(
-    help="Live thresholds: read and change them in Redis; a running service applies a change "
-    "at its next frame.",
+thresholds_app = group(
+    "Live thresholds: read and change them in Redis; a running service applies a change at its "
+    "next frame.",
     no_args_is_help=True,
 )
 app.add_typer(thresholds_app, name="thresholds")
@@ -54,10 +54,7 @@ def run_against_redis(
     from stream.thresholds import ThresholdError
 
     settings = settings_or_exit(config)
-    try:
-        url = resolve_url(redis_url, settings.redis.url)
-    except RedisUrlError as exc:
-        raise fail(str(exc), 2) from None
+    url = resolve_url(redis_url, settings.redis.url)
 
     async def main() -> T:
         client = connect(url, timeout_s=settings.redis.socket_timeout_s)
@@ -69,7 +66,7 @@ def run_against_redis(
     try:
         return asyncio.run(main())
     except ThresholdError as exc:
-        raise fail(f"{exc}; nothing was written", 2) from None
+        raise fail(f"{exc}; nothing was written") from None
     except (RedisError, OSError) as exc:
         raise fail(f"cannot use Redis at {redact(url)}: {exc}") from None
 
@@ -88,7 +85,7 @@ def _show(book: Any, stream: str | None, json_out: bool, changed: bool = False) 
             }
         typer.echo(json.dumps(data, indent=2))
         return
-    out = Console()
+    out = make_console()
     origin = "stored in Redis" if book.default_stored else "the configured default (none in Redis)"
     title = f"thresholds, version {book.version}" + (" (changed)" if changed else "")
     table = Table(title=title, caption=f"default: {origin}")
@@ -131,7 +128,7 @@ def thresholds_get(
             known = await store.known_streams()
             if stream not in known:
                 raise fail(f"unknown stream {stream!r}; known streams: "
-                           f"{', '.join(known) or 'none'}", 2)
+                           f"{', '.join(known) or 'none'}")
         return book
 
     _show(run_against_redis(config, redis_url, work), stream, json_out)
@@ -184,7 +181,7 @@ def thresholds_set(
     if not changes:
         raise fail("nothing to set: give at least one of --enter, --exit, --min-duration, "
                    "--hold, --cooldown, --window, --rule, --cusum-prior, --cusum-h, "
-                   "--cusum-exit or --from", 2)
+                   "--cusum-exit or --from")
 
     async def work(client: Any, settings: Settings) -> Any:
         store = ThresholdStore.from_settings(client, settings)
@@ -201,7 +198,7 @@ def operating_point(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise fail(f"{path} is not an operating-point result ({exc}); write one with `dfstream "
                    "eval PREP --bundle B --operating-point --false-alerts-per-hour X --json > "
-                   "FILE`", 2) from None
+                   "FILE`") from None
     return dict(changes)
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from stream.cli import ConfigOption, app, console, fail, settings_or_exit
+from stream.cli import ConfigOption, app, console, fail, progress_bar, settings_or_exit
 
 if TYPE_CHECKING:
     from engines.checkpoints.base import BaseTower
@@ -23,17 +23,13 @@ def resolve_base(reference: str | None, arch: str, seed: int) -> BaseTower:
     """The base tower to tune: a file, an installed base, or a random-init tower (``random``,
     the default for ``tiny``, which has no published weights), kept in the store by seed."""
     from engines.checkpoints.base import DEFAULT_BASES, load_base, random_base, read_base
-    from engines.checkpoints.errors import CheckpointError
 
     if reference is None:
         reference = DEFAULT_BASES.get(arch, RANDOM_BASE)
     if reference == RANDOM_BASE:
         return random_base(arch, seed)
     path = Path(reference).expanduser()
-    try:
-        return read_base(path) if path.suffix == ".safetensors" else load_base(reference)
-    except CheckpointError as exc:
-        raise fail(str(exc)) from None
+    return read_base(path) if path.suffix == ".safetensors" else load_base(reference)
 
 
 @app.command("train")
@@ -76,7 +72,7 @@ def train_command(
     from engines.training.trainer import TrainConfig
 
     if arch not in ARCHS:
-        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}", 2)
+        raise fail(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     settings_or_exit(config)  # applies the config's store locations
     workers, device = distributed.join(device)  # under torchrun: this process's rank and device
     train_config = TrainConfig(
@@ -94,10 +90,9 @@ def _train(
     prepared: Path, out: Path, base: str | None, train_config: TrainConfig, resume: bool,
     as_json: bool, workers: Workers,
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from engines.checkpoints.bundle import save_bundle
-    from engines.checkpoints.errors import CheckpointError
     from engines.metrics import MetricsError
     from engines.store import sha256_of
     from engines.training.crops import PreparedSet, PreparedSetError
@@ -105,15 +100,12 @@ def _train(
     from engines.training.tuning import TuningError
 
     arch, epochs, seed = train_config.arch, train_config.epochs, train_config.seed
-    try:
-        prepared_set = PreparedSet.open(prepared)
-        tower = resolve_base(base, arch, seed)
-    except (PreparedSetError, CheckpointError) as exc:
-        raise fail(str(exc)) from None
+    prepared_set = PreparedSet.open(prepared)
+    tower = resolve_base(base, arch, seed)
     checkpoint = out.with_name(out.stem + ".train.pt")
     columns = (TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"))
-    with Progress(*columns, console=console, transient=True, disable=not workers.main) as bar:
+    with progress_bar(*columns, enabled=workers.main) as bar:
         task = bar.add_task("train", total=None, epoch=0, epochs=epochs, loss=0.0)
 
         def progress(epoch: int, step: int, steps: int, loss: float) -> None:

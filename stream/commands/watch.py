@@ -23,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from stream.cli import ConfigOption, app, fail, settings_or_exit
-from stream.redis_contract import RedisKeys, RedisUrlError, connect, resolve_url
+from stream.console import make_console
+from stream.redis_contract import RedisKeys, connect, resolve_url
 from stream.sources.base import StreamStatus
 from stream.sources.urls import redact
 from stream.subscribe import EventFeed, StreamEvent
@@ -60,7 +61,9 @@ class WatchView:
         self.url = url
         self.keys = RedisKeys(prefix)
         self.stream = stream
-        self.feed = EventFeed(url, prefix=prefix, last_id="$", socket_timeout_s=socket_timeout_s)
+        # The view's header shows a lost feed; log lines would scroll above the table.
+        self.feed = EventFeed(url, prefix=prefix, last_id="$", socket_timeout_s=socket_timeout_s,
+                              log_losses=False)
         self.events: deque[StreamEvent] = deque(maxlen=history)
         self.states: dict[str, dict[str, str]] = {}
         self.service: dict[str, Any] | None = None
@@ -159,8 +162,12 @@ class _Rendered:
     def _header(self) -> Text:
         view, header = self.view, Text()
         if view.error:
-            header.append(f"Redis {redact(view.url)}: {view.error} — reconnecting; showing the "
-                          "last data read\n", style="bold yellow")
+            shown = "; showing the last data read" if view.states or view.events else ""
+            header.append(f"Redis {redact(view.url)} is unreachable ({view.error}); "
+                          f"reconnecting{shown}", style="bold yellow")
+            if view.service is None:  # whether a service runs cannot be told without Redis
+                return header
+            header.append("\n")
         service = view.service
         if service is not None:
             age = self.now - float(service.get("renewed_at", self.now))
@@ -189,7 +196,7 @@ class _Rendered:
             p_stream = _number(s.get("p_stream"))
             faces = json.loads(s["faces"]) if s.get("faces") else []
             fps = "/".join(
-                f"{v:g}" if (v := _number(s.get(k))) is not None else "-"
+                f"{v:.1f}" if (v := _number(s.get(k))) is not None else "-"
                 for k in ("fps_in", "fps_analysed", "fps_dropped")
             )
             updated = _number(s.get("updated_at"))
@@ -267,12 +274,9 @@ def watch(
 ) -> None:
     """Live table of streams, their state and scores, and the latest events, from Redis."""
     settings = settings_or_exit(config)
-    try:
-        url = resolve_url(redis_url, settings.redis.url)
-    except RedisUrlError as exc:
-        raise fail(str(exc), 2) from None
+    url = resolve_url(redis_url, settings.redis.url)
     if json_out and not once:
-        raise fail("--json needs --once (the live view is for terminals)", 2)
+        raise fail("--json needs --once (the live view is for terminals)")
     view = WatchView(url, prefix=settings.redis.prefix, stream=stream, history=history,
                      socket_timeout_s=settings.redis.socket_timeout_s)
     with contextlib.suppress(KeyboardInterrupt):
@@ -292,14 +296,17 @@ async def _run(
             if json_out:
                 typer.echo(json.dumps(view.snapshot(), indent=2))
             else:
-                Console().print(view.render())
+                make_console().print(view.render())
             return
         deadline = None if duration is None else time.monotonic() + duration
         block_ms = max(1, int(refresh * 1000))
-        with Live(view.render(), refresh_per_second=max(1.0, 1 / refresh),
+        console = make_console()
+        with Live(view.render(), console=console, refresh_per_second=max(1.0, 1 / refresh),
                   screen=False) as live:
             while deadline is None or time.monotonic() < deadline:
                 await view.refresh(block_ms=block_ms)
                 live.update(view.render())
+        if not console.is_terminal:
+            console.line()  # piped, the view is printed once at the end, without a newline
     finally:
         await view.close()

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from engines.errors import UserError
+
 LABELS = ("real", "fake")
 SPLITS = ("train", "val", "test")
 REQUIRED_COLUMNS = ("path", "label", "source_id", "split")
@@ -37,7 +39,7 @@ TRUE_WORDS = frozenset({"1", "true", "yes"})
 FALSE_WORDS = frozenset({"", "0", "false", "no"})
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The dataset cannot be used as it is; the message lists every problem and its fix."""
 
     def __init__(self, where: Path, problems: list[str]) -> None:

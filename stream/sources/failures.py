@@ -26,6 +26,9 @@ _PERMANENT_FFMPEG = (
 
 
 _FORMAT_REFUSED = re.compile(r"Format (?:\S+ )?not on whitelist '(?P<allowed>[^']*)'")
+_NESTED_URL = re.compile(r"\b(?:tcp|tls|udp)://[^\s'\"]*")
+"""The connection FFmpeg opens under a stream URL, with the options it appends
+(``tcp://host:554?timeout=10000000``): not what the user gave, so not what an error shows."""
 _HTTP_ERRORS = (av.error.HTTPError, av.error.HTTPClientError, av.error.HTTPServerError)
 
 
@@ -87,15 +90,17 @@ def classify(
     timeout_s: float,
     elapsed_s: float = 0.0,
     ffmpeg_log: str | None = None,
+    url: str = "",
 ) -> SourceFailure:
     """Turn an exception from opening (``phase='open'``) or reading a stream into a failure.
 
     ``ffmpeg_log`` is FFmpeg's last error message on the reader's thread, which often says more
-    than the error code ("Format bintext not on whitelist", "moov atom not found").
+    than the error code ("Format bintext not on whitelist", "moov atom not found"); the
+    connections it names under the stream are shown as ``url``, the stream URL the user gave.
     """
     if isinstance(exc, SourceFailure):
         return exc
-    detail = _detail(exc, ffmpeg_log)
+    detail = _detail(exc, ffmpeg_log, url)
     timed_out = not local and elapsed_s >= 0.95 * timeout_s
     if isinstance(exc, av.error.ExitError) or (
         timed_out and isinstance(exc, av.error.InvalidDataError | OSError)
@@ -140,7 +145,7 @@ def _log_message(exc: av.error.FFmpegError) -> str | None:
     return None
 
 
-def _detail(exc: BaseException, ffmpeg_log: str | None) -> str:
+def _detail(exc: BaseException, ffmpeg_log: str | None, url: str) -> str:
     extra = ffmpeg_log
     if isinstance(exc, av.error.FFmpegError):
         message = exc.strerror or type(exc).__name__
@@ -153,6 +158,8 @@ def _detail(exc: BaseException, ffmpeg_log: str | None) -> str:
         and exc.filename
     ):
         message = f"{message}: {exc.filename}"
+    if extra and url:
+        extra = _NESTED_URL.sub(lambda _match: url, extra)
     refused_format = _FORMAT_REFUSED.search(extra or "")
     if refused_format:
         allowed = refused_format["allowed"].replace(",", ", ")

@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from engines.errors import UserError
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str], list[str]]
@@ -45,7 +47,7 @@ METADATA_HOSTS = frozenset({
 })
 
 
-class DestinationRefused(ValueError):
+class DestinationRefused(UserError, ValueError):
     """The source's host is a destination the network policy refuses; never retried."""
 
 

@@ -453,7 +453,7 @@ class PyAVSource:
                 raise classify(exc, local=target.local, phase="open",
                                timeout_s=settings.open_timeout_s,
                                elapsed_s=time.monotonic() - opened_at,
-                               ffmpeg_log=last_error(logs)) from exc
+                               ffmpeg_log=last_error(logs), url=self.url) from exc
             try:
                 session = DecodeSession(
                     container, logs, _Report(self, gen), settings=settings,
@@ -471,7 +471,7 @@ class PyAVSource:
                 self._raise_if_egress_refused()
                 raise classify(exc, local=target.local, phase="read",
                                timeout_s=settings.read_timeout_s,
-                               ffmpeg_log=last_error(logs)) from exc
+                               ffmpeg_log=last_error(logs), url=self.url) from exc
             finally:
                 try:
                     container.close()

@@ -17,11 +17,12 @@ import av
 import cv2
 import numpy as np
 
+from engines.errors import UserError
 from stream.sources.base import Frame
 from stream.sources.session import DECODE_THREAD_TYPE
 
 
-class VideoError(ValueError):
+class VideoError(UserError, ValueError):
     """The file cannot be read as a video (missing, not a video, no decodable frame)."""
 
 

@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from stream.config import IngestSettings
+from engines.errors import UserError
+from stream.config import IngestSettings, Settings
 from stream.sources.netpolicy import DestinationRefused, NetworkPolicy, url_host
 
 LOCAL_PROTOCOLS = frozenset({"file", "pipe", "fd", "concat", "concatf", "subfile", "data", "cache"})
@@ -30,7 +31,7 @@ _SCHEME_CHARS = re.compile(r"[A-Za-z0-9+.-]*")
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
 
 
-class UrlRefused(ValueError):
+class UrlRefused(UserError, ValueError):
     """A stream URL the configuration does not allow; the message says why and what is."""
 
 
@@ -88,10 +89,14 @@ def check_url(url: str, settings: IngestSettings) -> SourceTarget:
     allowed = settings.allowed_schemes
     if not scheme:
         raise UrlRefused(f"cannot tell the scheme of {redact(url)!r}")
+    if scheme == "file" and "file" not in allowed and url[:5].lower() != "file:" \
+            and not os.path.exists(url):
+        raise UrlRefused(f"{redact(url)!r} is not a URL: expected {expected(allowed)} (a local "
+                         "file needs 'file' in ingest.allowed_schemes)")
     if scheme not in allowed:
         shown = ", ".join(allowed) or "none"
         hint = (
-            "; local files and inline data are refused unless the configuration allows them"
+            "; local files and inline data are refused unless ingest.allowed_schemes lists them"
             if scheme in LOCAL_PROTOCOLS
             else ""
         )
@@ -119,6 +124,27 @@ def check_url(url: str, settings: IngestSettings) -> SourceTarget:
         # FFmpeg matches protocol names case-sensitively; RTSP://host works as rtsp://host.
         target_url = scheme + url[len(scheme) :]
     return SourceTarget(url=target_url, scheme=scheme, protocol_whitelist=whitelist)
+
+
+def expected(allowed: list[str]) -> str:
+    """The network URLs ``allowed`` schemes admit, as a user writes them."""
+    forms = [f"{scheme}://..." for scheme in allowed if scheme not in LOCAL_PROTOCOLS]
+    if not forms:
+        return "nothing: ingest.allowed_schemes names no network scheme"
+    return "one of " + ", ".join(forms)
+
+
+def check_streams(settings: Settings) -> None:
+    """Every configured stream's URL under the policy the service applies, so that ``config
+    check`` and ``serve`` refuse what would otherwise fail only once the service runs."""
+    refused = []
+    for index, spec in enumerate(settings.streams):
+        try:
+            check_url(spec.url, settings.ingest)
+        except UrlRefused as exc:
+            refused.append(f"stream {spec.id!r} (streams[{index}].url): {exc}")
+    if refused:
+        raise UrlRefused("; ".join(refused))
 
 
 def _file_url_path(url: str) -> str:

@@ -45,7 +45,8 @@ def whip_router(
                             headers={**cors(), **(headers or {})})
 
     def authorised(request: Request, stream_id: str) -> bool:
-        tokens = [t for t in (api_token, settings.publish_tokens.get(stream_id)) if t]
+        own = settings.publish_tokens.get(stream_id)
+        tokens = [t for t in (api_token, own.get_secret_value() if own else None) if t]
         if not tokens:
             return True
         header = request.headers.get("authorization", "")

@@ -66,7 +66,9 @@ def rtc_configuration(settings: WebRTCSettings) -> RTCConfiguration:
     """The peer connection's configuration: the configured ICE servers, and never None
     (which would make aiortc add its public STUN server)."""
     return RTCConfiguration(iceServers=[
-        RTCIceServer(urls=server.urls, username=server.username, credential=server.credential)
+        RTCIceServer(urls=server.urls, username=server.username,
+                     credential=server.credential.get_secret_value()
+                     if server.credential else None)
         for server in settings.ice_servers
     ])
 
@@ -80,7 +82,8 @@ def link_headers(settings: WebRTCSettings) -> list[str]:
             if server.username is not None:
                 link += f'; username="{_quoted(server.username)}"'
             if server.credential is not None:
-                link += f'; credential="{_quoted(server.credential)}"; credential-type="password"'
+                secret = _quoted(server.credential.get_secret_value())
+                link += f'; credential="{secret}"; credential-type="password"'
             links.append(link)
     return links
 

@@ -103,7 +103,9 @@ class ServiceServer:
             raise RuntimeError(f"the service did not shut down within {timeout_s}s")
 
     def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
-        token = token if token is not None else self.settings.api.token
+        secret = self.settings.api.token
+        if token is None and secret is not None:
+            token = secret.get_secret_value()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30.0, **kwargs)
 
