@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from stream.sources.base import Frame
+from stream.sources.orientation import Orientation
 from stream.sources.session import DECODE_THREAD_TYPE
 
 
@@ -107,7 +108,8 @@ def read_frames(
                     if next_time is not None and pts < next_time - 1e-6:
                         continue
                     next_time = pts + 1.0 / fps
-                yield Frame(stream, index, pts, time.time(), av_frame=picture)
+                yield Frame(stream, index, pts, time.time(), av_frame=picture,
+                            orientation=Orientation.of(picture))
                 delivered += 1
                 if (limit is not None and delivered >= limit) or (
                     last is not None and index >= last
