@@ -5,8 +5,9 @@ Each time the killed camera's state hash says ``reconnecting``, then ``online`` 
 frames, and no ``stream.offline`` is announced (a camera restart does not end the stream); the
 neighbour keeps delivering frames throughout. The recovery time of every restart (from the
 restarted server listening to the first frame decoded from it, on the service's own clock) is
-printed. Reconnects use the shipped backoff (0.5 s doubling up to 30 s). Bounds are generous
-liveness bounds, never timings. ``DFSTREAM_CHAOS_RESTARTS`` sets how many restarts (3).
+printed. Reconnects use the shipped backoff (0.5 s doubling up to 30 s); the camera stays up
+long enough between cuts for the backoff to reset. Bounds are generous liveness bounds, never
+timings. ``DFSTREAM_CHAOS_RESTARTS`` sets how many restarts (3).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 import redis
 
 from stream.rtsp_camera import RtspCamera
+from stream.sources.pyav import STABLE_AFTER_S
 from tests.support.service import (
     TEST_INGEST,
     ServiceServer,
@@ -37,6 +39,9 @@ pytestmark = pytest.mark.slow
 RESTARTS = int(os.environ.get("DFSTREAM_CHAOS_RESTARTS", "3"))
 OUTAGE_S = 3.0
 """How long the camera stays dead once the service has noticed."""
+UPTIME_S = STABLE_AFTER_S + 2.0
+"""How long it stays up again before the next power cut: longer than a session must live to
+reset the reconnect backoff (``STABLE_AFTER_S``), so every restart starts from the base delay."""
 LIVENESS_S = 60.0
 PREFIX = "chaos:"
 
@@ -85,8 +90,9 @@ def cameras(media_dir: Path) -> Iterator[dict[str, RtspCamera]]:
 
 def kill_and_restart(
     camera: RtspCamera, scores: ScoreLog, status: Callable[[str], str | None], api: httpx.Client
-) -> tuple[float, int]:
-    """One power cut of ``cam``: the recovery time, and the neighbour's frames meanwhile."""
+) -> tuple[float, float, int]:
+    """One power cut of ``cam``: how long it was down, its recovery time, and the neighbour's
+    frames meanwhile."""
     killed_at = time.time()
     camera.kill()
     assert wait_until(lambda: status("cam") == "reconnecting", LIVENESS_S), status("cam")
@@ -101,7 +107,8 @@ def kill_and_restart(
     # may be scored a little later: wait for them).
     during = wait_until(lambda: scores.captured("neighbour", killed_at, recovered_at), LIVENESS_S)
     assert during, api.get("/api/streams/neighbour").json()
-    return recovered_at - listening_at, len(during)
+    time.sleep(max(0.0, recovered_at + UPTIME_S - time.time()))
+    return listening_at - killed_at, recovered_at - listening_at, len(during)
 
 
 def test_a_camera_killed_again_and_again_comes_back_each_time_and_its_neighbour_flows(
@@ -121,6 +128,7 @@ def test_a_camera_killed_again_and_again_comes_back_each_time_and_its_neighbour_
     def status(stream: str) -> str | None:
         return rdb.hget(f"{PREFIX}state:{stream}", "status")
 
+    downs: list[float] = []
     recoveries: list[float] = []
     neighbour_frames: list[int] = []
     try:
@@ -129,7 +137,8 @@ def test_a_camera_killed_again_and_again_comes_back_each_time_and_its_neighbour_
             for stream in cameras:
                 assert wait_until(lambda s=stream: scores.captured(s, started), LIVENESS_S), stream
             for _ in range(RESTARTS):
-                recovery_s, frames = kill_and_restart(cameras["cam"], scores, status, api)
+                down_s, recovery_s, frames = kill_and_restart(cameras["cam"], scores, status, api)
+                downs.append(down_s)
                 recoveries.append(recovery_s)
                 neighbour_frames.append(frames)
             view = api.get("/api/streams/cam").json()
@@ -148,7 +157,8 @@ def test_a_camera_killed_again_and_again_comes_back_each_time_and_its_neighbour_
 
     record_property("recovery_s", recoveries)
     with capsys.disabled():
-        print(f"\nRTSP chaos, {RESTARTS} SIGKILLs of a camera: back online "
+        print(f"\nRTSP chaos, {RESTARTS} SIGKILLs of a camera, down "
+              f"{', '.join(f'{d:.1f}' for d in downs)} s: back online "
               f"{', '.join(f'{r:.2f}' for r in recoveries)} s after it listened again "
               f"(median {statistics.median(recoveries):.2f} s); the neighbour analysed "
               f"{', '.join(map(str, neighbour_frames))} frames during the outages")
