@@ -34,7 +34,13 @@ class Orientation:
 
     @classmethod
     def of(cls, frame: av.VideoFrame) -> Orientation:
-        """The orientation in ``frame``'s display matrix side data (upright if it has none)."""
+        """The orientation in ``frame``'s display matrix side data (upright if it has none).
+
+        Once per stream, not per frame: a stream's matrix does not change, and reading a frame's
+        side data ties the frame in a reference cycle (PyAV 18) that only the cyclic garbage
+        collector frees, so read on every frame it lets decoded pictures pile up by the hundred
+        megabytes.
+        """
         # PyAV's stubs type a frame's side data as one entry; it is the mapping of them all.
         side_data = cast("SideDataContainer", frame.side_data).get(SideDataType.DISPLAYMATRIX)
         if side_data is None:

@@ -113,6 +113,8 @@ class DecodeSession:
         self.time_base: Fraction | None = None
         self.width = 0
         self.height = 0
+        self.orientation: Orientation | None = None
+        """The display matrix's turn, read from the session's first frame (see Orientation.of)."""
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -245,7 +247,9 @@ class DecodeSession:
 
     def _frame(self, ctx: VideoCodecContext, frame: av.VideoFrame, decode_s: float) -> bool:
         # Sizes are reported as shown: a phone's portrait video is stored landscape.
-        orientation = Orientation.of(frame)
+        if self.orientation is None:
+            self.orientation = Orientation.of(frame)
+        orientation = self.orientation
         shown = orientation.displayed_size(frame.width, frame.height)
         if shown != (self.width, self.height):
             self._check_size(*shown)
