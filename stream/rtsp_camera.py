@@ -28,7 +28,7 @@ class RtspCameraError(UserError, RuntimeError):
 
 class RtspCamera:
     """Serves ``media`` at ``url``, looping unless ``loop`` is false (then the stream ends with
-    the file); ``stop()`` then ``start()`` reuses the same port."""
+    the file); ``stop()`` or ``kill()`` then ``start()`` reuses the same port."""
 
     def __init__(
         self, media: Path, *, port: int | None = None, path: str = "/live", loop: bool = True
@@ -72,6 +72,15 @@ class RtspCamera:
                 return self
         self.stop()
         raise RtspCameraError(f"the RTSP server did not answer within {timeout_s:g} s")
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a camera losing power does: no TEARDOWN, no goodbye to its
+        clients. ``start()`` brings it back on the same port."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        self.stop()
 
     def stop(self) -> None:
         process, self._process = self._process, None

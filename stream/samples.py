@@ -128,8 +128,16 @@ def write_video(
     bframes: int = 0,
     preset: str = "veryfast",
     crf: int = 23,
+    pix_fmt: str = "yuv420p",
+    display_rotation: int = 0,
+    display_flip: tuple[bool, bool] = (False, False),
 ) -> Path:
-    """Encode RGB frames to an H.264 (or other codec) file with a given GOP structure."""
+    """Encode RGB frames to an H.264 (or other codec) file with a given GOP structure.
+
+    ``display_rotation`` (degrees counter-clockwise) and ``display_flip`` (horizontal,
+    vertical) go into the file's display matrix, as a phone records: players turn the stored
+    pixels by it.
+    """
     import av
 
     path = Path(path)
@@ -142,8 +150,12 @@ def write_video(
                 assert stream is not None
                 stream.width = rgb.shape[1]
                 stream.height = rgb.shape[0]
-                stream.pix_fmt = "yuv420p"
+                stream.pix_fmt = pix_fmt
                 stream.time_base = Fraction(1, fps)
+                if display_rotation or any(display_flip):
+                    stream.set_display_rotation(
+                        display_rotation, hflip=display_flip[0], vflip=display_flip[1]
+                    )
                 if codec == "libx264":
                     stream.options = {
                         "preset": preset,
@@ -172,8 +184,21 @@ def write_face_video(
     face: bool = True,
     gop: int = 60,
     bframes: int = 0,
+    display_rotation: int = 0,
 ) -> Path:
-    """An H.264 video of the astronaut's face moving and scaling (or of no face at all)."""
+    """An H.264 video of the astronaut's face moving and scaling (or of no face at all).
+
+    With a ``display_rotation`` (a multiple of 90 degrees, counter-clockwise) the pixels are
+    stored turned the other way and the file says to turn them back, as a phone held upright
+    records: shown, the video is ``width`` x ``height`` and the same as without.
+    """
+    if display_rotation % 90:
+        raise ValueError(f"display_rotation must be a multiple of 90, got {display_rotation}")
     count = max(1, round(seconds * fps))
-    frames = (rgb for rgb, _ in face_frames(width, height, count, face=face))
-    return write_video(path, frames, fps=fps, gop=gop, bframes=bframes)
+    turns = -display_rotation // 90
+    frames = (
+        np.ascontiguousarray(np.rot90(rgb, turns))
+        for rgb, _ in face_frames(width, height, count, face=face)
+    )
+    return write_video(path, frames, fps=fps, gop=gop, bframes=bframes,
+                       display_rotation=display_rotation)

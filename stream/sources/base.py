@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from stream.sources import convert
+from stream.sources.orientation import UPRIGHT, Orientation
 
 if TYPE_CHECKING:
     import av
@@ -73,11 +74,14 @@ class Frame:
 
     Backed by the decoder's own picture (``av_frame``) or, for sources that already hold RGB
     (WebRTC, tests), by an RGB array. Conversions are thread-safe and cached where reused.
+    A decoder's picture is shown turned by its ``orientation`` (a phone's display matrix):
+    sizes, boxes and pixels are all of the picture as shown, upright.
     """
 
     __slots__ = (
         "_av",
         "_lock",
+        "_orientation",
         "_rgb",
         "_small",
         "captured_at",
@@ -99,15 +103,20 @@ class Frame:
         av_frame: av.VideoFrame | None = None,
         rgb: np.ndarray | None = None,
         decode_s: float | None = None,
+        orientation: Orientation = UPRIGHT,
     ) -> None:
         if (av_frame is None) == (rgb is None):
             raise ValueError("a Frame holds exactly one of av_frame or rgb")
         if rgb is not None:
+            if not orientation.upright:
+                raise ValueError("an RGB-backed frame is upright already")
             check_rgb(rgb)
             self.height, self.width = int(rgb.shape[0]), int(rgb.shape[1])
         else:
             assert av_frame is not None
-            self.height, self.width = int(av_frame.height), int(av_frame.width)
+            self.width, self.height = orientation.displayed_size(
+                int(av_frame.width), int(av_frame.height)
+            )
         self.stream_id = stream_id
         self.seq = seq
         self.pts = pts
@@ -115,6 +124,7 @@ class Frame:
         # Seconds the decoder call that produced this picture took (None: not decoded here).
         self.decode_s = decode_s
         self._av = av_frame
+        self._orientation = orientation
         self._rgb = rgb
         self._small: dict[int, tuple[np.ndarray, float]] = {}
         self._lock = threading.Lock()
@@ -140,10 +150,12 @@ class Frame:
                 )
             else:
                 assert self._av is not None
-                small = (
+                turn = self._orientation
+                stored_w, stored_h = turn.displayed_size(width, height)
+                small = turn.apply(
                     convert.full_rgb(self._av)
                     if scale == 1.0
-                    else convert.scaled_rgb(self._av, width, height)
+                    else convert.scaled_rgb(self._av, stored_w, stored_h)
                 )
             result = (small, width / self.width)
             self._small[max_side] = result
@@ -164,14 +176,16 @@ class Frame:
         if rgb is not None:
             return rgb[y1c:y2c, x1c:x2c], x1c, y1c
         assert self._av is not None
-        return convert.region_rgb(self._av, x1c, y1c, x2c, y2c), x1c, y1c
+        turn = self._orientation
+        stored = turn.stored_box(x1c, y1c, x2c, y2c, self._av.width, self._av.height)
+        return turn.apply(convert.region_rgb(self._av, *stored)), x1c, y1c
 
     def to_rgb(self) -> np.ndarray:
         """The whole picture as RGB (converted once, then kept)."""
         with self._lock:
             if self._rgb is None:
                 assert self._av is not None
-                self._rgb = convert.full_rgb(self._av)
+                self._rgb = self._orientation.apply(convert.full_rgb(self._av))
             return self._rgb
 
     def __repr__(self) -> str:

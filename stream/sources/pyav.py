@@ -37,6 +37,7 @@ from stream.sources.egress import EgressProxy
 from stream.sources.failures import ContentStrikes, SourceFailure, classify
 from stream.sources.mailbox import LatestFrameMailbox
 from stream.sources.netpolicy import DestinationRefused, resolve_host, url_host
+from stream.sources.orientation import Orientation
 from stream.sources.rates import RateMeter
 from stream.sources.sampling import FpsCap, MediaClock, RealtimePacer
 from stream.sources.session import DecodeSession, End, last_error
@@ -563,14 +564,17 @@ class _Report:
         with source._waiting_on_purpose(self.gen):
             return source._mailbox.wait_free(lambda: not source._current(self.gen))
 
-    def deliver(self, frame: av.VideoFrame, t: float, decode_s: float) -> bool:
+    def deliver(
+        self, frame: av.VideoFrame, t: float, decode_s: float, orientation: Orientation
+    ) -> bool:
         source = self.source
         with source._lock:
             if not source._current(self.gen):
                 return False
             source._seq += 1
             item = Frame(
-                source.stream_id, source._seq, t, time.time(), av_frame=frame, decode_s=decode_s
+                source.stream_id, source._seq, t, time.time(), av_frame=frame,
+                decode_s=decode_s, orientation=orientation,
             )
             source._frames_delivered += 1
             source._mailbox.put(item)

@@ -19,6 +19,7 @@ import numpy as np
 
 from engines.errors import UserError
 from stream.sources.base import Frame
+from stream.sources.orientation import Orientation
 from stream.sources.session import DECODE_THREAD_TYPE
 
 
@@ -99,6 +100,7 @@ def read_frames(
         rate = float(video.average_rate or 30)
         next_time: float | None = None
         index = -1
+        orientation: Orientation | None = None  # once per file: see Orientation.of
         try:
             for index, picture in enumerate(container.decode(video)):
                 pts = float(picture.time) if picture.time is not None else index / rate
@@ -108,7 +110,10 @@ def read_frames(
                     if next_time is not None and pts < next_time - 1e-6:
                         continue
                     next_time = pts + 1.0 / fps
-                yield Frame(stream, index, pts, time.time(), av_frame=picture)
+                if orientation is None:
+                    orientation = Orientation.of(picture)
+                yield Frame(stream, index, pts, time.time(), av_frame=picture,
+                            orientation=orientation)
                 delivered += 1
                 if (limit is not None and delivered >= limit) or (
                     last is not None and index >= last

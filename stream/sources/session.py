@@ -19,6 +19,7 @@ from stream.config import IngestSettings
 from stream.sources.base import DropCause
 from stream.sources.decodeplan import PLANNED_CODECS, DecodePlanner, NalUnits
 from stream.sources.failures import SourceFailure
+from stream.sources.orientation import Orientation
 from stream.sources.sampling import FpsCap, MediaClock
 from stream.sources.urls import redact
 
@@ -72,7 +73,9 @@ class SessionSink(Protocol):
         """Wait until the mailbox is free (lossless reading of a file)."""
         ...
 
-    def deliver(self, frame: av.VideoFrame, t: float, decode_s: float) -> bool: ...
+    def deliver(
+        self, frame: av.VideoFrame, t: float, decode_s: float, orientation: Orientation
+    ) -> bool: ...
 
 
 class DecodeSession:
@@ -110,6 +113,8 @@ class DecodeSession:
         self.time_base: Fraction | None = None
         self.width = 0
         self.height = 0
+        self.orientation: Orientation | None = None
+        """The display matrix's turn, read from the session's first frame (see Orientation.of)."""
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -241,10 +246,15 @@ class DecodeSession:
         return all(self._frame(ctx, frame, decode_s) for frame in frames)
 
     def _frame(self, ctx: VideoCodecContext, frame: av.VideoFrame, decode_s: float) -> bool:
-        if (frame.width, frame.height) != (self.width, self.height):
-            self._check_size(frame.width, frame.height)
-            self.width, self.height = frame.width, frame.height
-            self.sink.resized(frame.width, frame.height)
+        # Sizes are reported as shown: a phone's portrait video is stored landscape.
+        if self.orientation is None:
+            self.orientation = Orientation.of(frame)
+        orientation = self.orientation
+        shown = orientation.displayed_size(frame.width, frame.height)
+        if shown != (self.width, self.height):
+            self._check_size(*shown)
+            self.width, self.height = shown
+            self.sink.resized(*shown)
         if self.nonref and frame.pts is not None:
             self._count_skipped_nonref(frame.pts)
         t = self.clock.advance(_seconds(frame.pts, frame.time_base or self.time_base))
@@ -267,7 +277,7 @@ class DecodeSession:
             return False
         if self.lossless and not self.sink.wait_for_room():
             return False
-        return self.sink.deliver(frame, t, decode_s)
+        return self.sink.deliver(frame, t, decode_s, orientation)
 
     def _count_skipped_nonref(self, pts: int) -> None:
         # Frames leave the decoder in presentation order: a packet whose pts is below this
