@@ -165,3 +165,12 @@ def test_a_command_with_a_progress_bar_still_fails_in_one_line(tmp_path: Path) -
     error = one_line_error(run_cli("data", "synth", "--out", str(blocker / "set"),
                                    "--videos", "2"))
     assert "Not a directory" in error or "exists" in error, error
+
+
+def test_a_bad_threshold_is_refused_before_redis_is_asked() -> None:
+    # Nothing listens on that port: the value, not Redis, is what the user hears about.
+    done = run_cli("thresholds", "set", "--enter", "2",
+                   "--redis-url", f"redis://127.0.0.1:{free_tcp_port()}/0")
+    error = one_line_error(done)
+    assert error == ("error: invalid thresholds for the defaults: enter: Input should be less "
+                     "than or equal to 1 (got 2.0)"), error

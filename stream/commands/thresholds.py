@@ -169,7 +169,9 @@ def thresholds_set(
 ) -> None:
     """Change thresholds (default, or one stream's with --stream); the running service applies
     them at its next frame. Invalid values are refused and nothing is written."""
-    from stream.thresholds import ThresholdStore
+    from pydantic import ValidationError
+
+    from stream.thresholds import ThresholdStore, ThresholdUpdate, describe
 
     requested = {
         "enter": enter, "exit": exit_, "min_duration_s": min_duration, "hold_s": hold,
@@ -182,6 +184,11 @@ def thresholds_set(
         raise fail("nothing to set: give at least one of --enter, --exit, --min-duration, "
                    "--hold, --cooldown, --window, --rule, --cusum-prior, --cusum-h, "
                    "--cusum-exit or --from")
+
+    try:  # each value on its own before Redis is asked (the store checks them together)
+        ThresholdUpdate(**changes)
+    except ValidationError as exc:
+        raise fail(describe(exc, f"stream {stream!r}" if stream else "the defaults")) from None
 
     async def work(client: Any, settings: Settings) -> Any:
         store = ThresholdStore.from_settings(client, settings)
