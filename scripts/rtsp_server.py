@@ -32,7 +32,7 @@ import gi
 gi.require_version("Gst", "1.0")
 gi.require_version("GstApp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstApp, GstRtspServer  # noqa: E402
+from gi.repository import Gio, GLib, Gst, GstApp, GstRtspServer  # noqa: E402
 
 H264_CAPS = "video/x-h264,stream-format=byte-stream,alignment=au"
 PULL_TIMEOUT_S = 5.0
@@ -141,12 +141,27 @@ class FileFactory(GstRtspServer.RTSPMediaFactory):
         media.connect("unprepared", lambda _media: reader.close())
 
 
+def serve_tls(server: GstRtspServer.RTSPServer, factory: GstRtspServer.RTSPMediaFactory,
+              pem: Path) -> None:
+    """RTSP over TLS (rtsps://) with the certificate and key in ``pem``; every client may play
+    (TLS without client authentication, as cameras do)."""
+    auth = GstRtspServer.RTSPAuth()
+    auth.set_tls_certificate(Gio.TlsCertificate.new_from_file(str(pem)))
+    token = GstRtspServer.RTSPToken()
+    token.set_string("media.factory.role", "viewer")
+    auth.set_default_token(token)
+    server.set_auth(auth)
+    factory.add_role_from_structure(Gst.Structure.new_from_string(
+        "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path)
     parser.add_argument("--port", type=int, default=8554)
     parser.add_argument("--path", default="/live")
     parser.add_argument("--no-loop", action="store_true", help="end the stream at end of file")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate and key: serve RTSPS")
     args = parser.parse_args()
     if not args.file.is_file():
         print(f"no such file: {args.file}", file=sys.stderr)
@@ -166,6 +181,8 @@ def main() -> int:
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
     factory = FileFactory(location, loop=not args.no_loop)
+    if args.tls_cert is not None:
+        serve_tls(server, factory, args.tls_cert)
     server.get_mount_points().add_factory(args.path, factory)
     if server.attach(None) == 0:
         print(f"could not listen on 127.0.0.1:{args.port}", file=sys.stderr)
@@ -173,7 +190,8 @@ def main() -> int:
     loop = GLib.MainLoop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
-    print(f"READY rtsp://127.0.0.1:{args.port}{args.path}", flush=True)
+    scheme = "rtsps" if args.tls_cert is not None else "rtsp"
+    print(f"READY {scheme}://127.0.0.1:{args.port}{args.path}", flush=True)
     loop.run()
     return 0
 

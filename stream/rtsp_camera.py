@@ -31,9 +31,12 @@ class RtspCamera:
     the file); ``stop()`` or ``kill()`` then ``start()`` reuses the same port."""
 
     def __init__(
-        self, media: Path, *, port: int | None = None, path: str = "/live", loop: bool = True
+        self, media: Path, *, port: int | None = None, path: str = "/live", loop: bool = True,
+        tls_cert: Path | None = None,
     ) -> None:
         self.media = media
+        self.tls_cert = tls_cert
+        """A PEM file with certificate and key: serve RTSPS (``url`` is then rtsps://)."""
         self.port = port or free_tcp_port()
         self.path = path
         self.loop = loop
@@ -41,7 +44,8 @@ class RtspCamera:
 
     @property
     def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}{self.path}"
+        scheme = "rtsps" if self.tls_cert is not None else "rtsp"
+        return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
     def start(self, timeout_s: float = 20.0) -> RtspCamera:
         if not SERVER_SCRIPT.is_file() or not Path(SYSTEM_PYTHON).exists():
@@ -51,7 +55,8 @@ class RtspCamera:
             )
         process = subprocess.Popen(
             [SYSTEM_PYTHON, str(SERVER_SCRIPT), str(self.media), "--port", str(self.port),
-             "--path", self.path, *([] if self.loop else ["--no-loop"])],
+             "--path", self.path, *([] if self.loop else ["--no-loop"]),
+             *([] if self.tls_cert is None else ["--tls-cert", str(self.tls_cert)])],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
         self._process = process
