@@ -17,7 +17,7 @@ from stream.config import IngestSettings
 from stream.sources.base import Frame
 from stream.sources.decodeplan import DecodePlanner, NalUnits
 from stream.sources.mailbox import LatestFrameMailbox
-from stream.sources.pyav import ffmpeg_options
+from stream.sources.opening import ffmpeg_options
 from stream.sources.sampling import FpsCap, MediaClock, RealtimePacer
 from stream.sources.urls import UrlRefused, check_url, ffmpeg_scheme, redact
 

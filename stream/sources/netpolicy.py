@@ -11,9 +11,9 @@ where cameras live; ``ingest.network_deny`` adds CIDRs to refuse and ``ingest.ne
 CIDRs that override every denial (e.g. a camera on a link-local address).
 
 HTTP(S) and HLS sources go out through ``egress.py``, a proxy that applies this policy to every
-connection FFmpeg makes (redirects and segments included) at the address it checked. RTSP and
-RTMP are checked here before each connect; FFmpeg resolves their names again itself, so a DNS
-answer that changes between the check and its connect (rebinding) is not caught for them.
+connection FFmpeg makes (redirects and segments included) at the address it checked; RTSP(S)
+and RTMP(S) through ``relay.py``, which connects to the address it checked and refuses RTSP
+redirects. Other network schemes an operator allows are checked here before each connect only.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ in a latest-frame mailbox. Around it:
   ``watchdog_s``. The stalled reader cannot be interrupted from outside (closing a container
   under a blocked read is not safe), so it is abandoned: a generation number makes it drop
   everything it still produces, and its read timeout ends it;
+- every network connection goes out through a way out of the service's own, which applies the
+  network policy where FFmpeg cannot (``opening.py``);
 - only the frames analysis will take are decoded where that is exact (``decodeplan.py`` and
   FFmpeg's ``skip_frame=nonref``), and none is converted here: ``Frame`` converts lazily.
 
@@ -33,15 +35,15 @@ import av
 from stream.backoff import Backoff
 from stream.config import IngestSettings, StreamSpec
 from stream.sources.base import DropCause, Frame, FrameCallback, SourceStats, SourceStatus
-from stream.sources.egress import EgressProxy
 from stream.sources.failures import ContentStrikes, SourceFailure, classify
 from stream.sources.mailbox import LatestFrameMailbox
-from stream.sources.netpolicy import DestinationRefused, resolve_host, url_host
+from stream.sources.netpolicy import Resolver, resolve_host
+from stream.sources.opening import Opening, enable_ffmpeg_error_log
 from stream.sources.orientation import Orientation
 from stream.sources.rates import RateMeter
 from stream.sources.sampling import FpsCap, MediaClock, RealtimePacer
 from stream.sources.session import DecodeSession, End, last_error
-from stream.sources.urls import SourceTarget, UrlRefused, check_url, network_policy, redact
+from stream.sources.urls import UrlRefused, check_url, redact
 from stream.sources.watchdog import WATCHDOG, Watchdog
 
 log = logging.getLogger(__name__)
@@ -52,42 +54,6 @@ STABLE_AFTER_S = 1.0
 """A session whose frames flowed this long resets the backoff: the next failure retries at the
 base delay. Short, so that a camera that restarts soon after it came back is retried promptly;
 not zero, so that a server that accepts and drops at once still backs off."""
-
-def _enable_ffmpeg_error_log() -> None:
-    # PyAV discards FFmpeg's log by default, and with it the reason behind most errors
-    # ("moov atom not found", "Format bintext not on whitelist"). Readers capture errors on
-    # their own thread; leave any level the application chose alone.
-    if av.logging.get_level() is None:
-        av.logging.set_level(av.logging.ERROR)
-
-
-def ffmpeg_options(
-    target: SourceTarget, settings: IngestSettings, proxy_url: str | None = None
-) -> dict[str, str]:
-    """FFmpeg options for opening ``target``: whitelists, the protocol's own timeouts, and for
-    HTTP(S) the egress proxy every request goes through (redirects and HLS segments too)."""
-    options = {
-        "protocol_whitelist": ",".join(target.protocol_whitelist),
-        "format_whitelist": ",".join(settings.formats),
-    }
-    io_timeout_us = str(round(settings.read_timeout_s * 1_000_000))
-    scheme = target.scheme
-    if scheme in ("rtsp", "rtsps"):
-        options["rtsp_transport"] = settings.rtsp_transport
-        # libavformat 59 renamed the socket timeout 'stimeout' to 'timeout'.
-        modern = av.library_versions["libavformat"][0] >= 59
-        options["timeout" if modern else "stimeout"] = io_timeout_us
-        options["allowed_media_types"] = "video"
-    elif scheme in ("http", "https"):
-        options["timeout"] = io_timeout_us
-        options["rw_timeout"] = io_timeout_us  # also passed on to HLS segment requests
-        if proxy_url is not None:
-            options["http_proxy"] = proxy_url  # HLS passes it on to segment requests too
-    elif not target.local:
-        # Not 'timeout': for RTMP that option means "listen for an incoming connection".
-        options["rw_timeout"] = io_timeout_us
-    return options
-
 
 class PyAVSource:
     """A ``FrameSource`` reading one stream URL with PyAV; see the module docstring.
@@ -111,6 +77,7 @@ class PyAVSource:
         loop: bool = False,
         on_frame: FrameCallback | None = None,
         watchdog: Watchdog | None = None,
+        resolve: Resolver = resolve_host,
     ) -> None:
         self.stream_id = stream_id
         self.url = url
@@ -126,8 +93,8 @@ class PyAVSource:
         self._clock = MediaClock()
         self._cap = FpsCap(self.analysis_fps)
         self._pacer = RealtimePacer()
-        self._target: SourceTarget | None = None
-        self._egress: EgressProxy | None = None
+        self._opening: Opening | None = None
+        self._resolve = resolve
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -199,18 +166,15 @@ class PyAVSource:
             self._wake.clear()
             self._mailbox.reopen()
             try:
-                self._target = check_url(self.url, self.settings)
+                target = check_url(self.url, self.settings)
             except UrlRefused as exc:
                 self._status = SourceStatus.FAILED
                 self._last_error = str(exc)
                 log.warning("stream %s refused: %s", self.stream_id, exc)
                 return
             self._status = SourceStatus.CONNECTING
-            if self._target.scheme in ("http", "https"):
-                # Longer than FFmpeg's own timeouts, so that FFmpeg's decide and say so.
-                slack = 2 * max(self.settings.open_timeout_s, self.settings.read_timeout_s) + 1
-                self._egress = EgressProxy(network_policy(self.settings), timeout_s=slack)
-            _enable_ffmpeg_error_log()
+            self._opening = Opening(target, self.settings, self._resolve)
+            enable_ffmpeg_error_log()
             self._spawn_reader(0.0)
         self._watchdog.watch(self)
 
@@ -234,9 +198,9 @@ class PyAVSource:
         deadline = time.monotonic() + self.settings.open_timeout_s + self.settings.read_timeout_s
         for thread in threads:
             thread.join(max(0.0, deadline + 5.0 - time.monotonic()))
-        egress, self._egress = self._egress, None
-        if egress is not None:
-            egress.close()
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.close()
         stuck = [t.name for t in threads if t.is_alive()]
         if stuck:
             log.error("stream %s: reader threads still running after stop: %s",
@@ -338,8 +302,9 @@ class PyAVSource:
                     self._waiting = False
 
     def _read_loop(self, gen: int, delay: float) -> None:
-        assert self._target is not None
-        target = self._target
+        opening = self._opening
+        assert opening is not None
+        target = opening.target
         looping = False
         while True:
             if delay > 0 and not self._sleep(gen, delay):
@@ -355,7 +320,7 @@ class PyAVSource:
                 self._retry_at = None
             looping = False
             try:
-                end = self._session(gen, target)
+                end = self._session(gen, opening)
                 failure = None
             except SourceFailure as exc:
                 end, failure = None, exc
@@ -429,29 +394,19 @@ class PyAVSource:
                     self._waiting = False
                     self._last_progress = time.monotonic()
 
-    def _session(self, gen: int, target: SourceTarget) -> End:
+    def _session(self, gen: int, opening: Opening) -> End:
         """Open, read to the end; raises SourceFailure, returns how the session ended."""
         settings = self.settings
-        host = None if target.local else url_host(target.url)
-        if host:
-            try:  # what the name resolves to now, before every connect attempt
-                network_policy(settings).check_host(host, resolve_host)
-            except DestinationRefused as exc:
-                raise SourceFailure(f"{exc} (not retried)", permanent=True) from None
+        local = opening.target.local
+        opening.begin()
         opened_at = time.monotonic()
         with av.logging.Capture(local=True) as logs:
             try:
-                container = av.open(
-                    target.url,
-                    mode="r",
-                    options=ffmpeg_options(
-                        target, settings, self._egress.url if self._egress else None
-                    ),
-                    timeout=(settings.open_timeout_s, settings.read_timeout_s),
-                )
+                container = av.open(opening.url, mode="r", options=opening.options(),
+                                    timeout=(settings.open_timeout_s, settings.read_timeout_s))
             except Exception as exc:
-                self._raise_if_egress_refused()
-                raise classify(exc, local=target.local, phase="open",
+                opening.raise_what_the_way_out_saw()
+                raise classify(exc, local=local, phase="open",
                                timeout_s=settings.open_timeout_s,
                                elapsed_s=time.monotonic() - opened_at,
                                ffmpeg_log=last_error(logs), url=self.url) from exc
@@ -459,18 +414,18 @@ class PyAVSource:
                 session = DecodeSession(
                     container, logs, _Report(self, gen), settings=settings,
                     analysis_fps=self.analysis_fps, clock=self._clock, cap=self._cap,
-                    local=target.local, realtime=self.realtime,
+                    local=local, realtime=self.realtime,
                 )
                 end = session.run()
                 # FFmpeg skips an HLS segment it could not open and reads on: the refusal
                 # still decides.
-                self._raise_if_egress_refused()
+                opening.raise_what_the_way_out_saw()
                 return end
             except SourceFailure:
                 raise
             except Exception as exc:
-                self._raise_if_egress_refused()
-                raise classify(exc, local=target.local, phase="read",
+                opening.raise_what_the_way_out_saw()
+                raise classify(exc, local=local, phase="read",
                                timeout_s=settings.read_timeout_s,
                                ffmpeg_log=last_error(logs), url=self.url) from exc
             finally:
@@ -478,14 +433,6 @@ class PyAVSource:
                     container.close()
                 except Exception:
                     log.debug("closing %s failed", self.stream_id, exc_info=True)
-
-    def _raise_if_egress_refused(self) -> None:
-        refusal = self._egress.refusal() if self._egress is not None else None
-        if refusal is not None:
-            raise SourceFailure(
-                f"{refusal} (reached through a redirect or an HLS playlist; not retried)",
-                permanent=True,
-            )
 
 
 class _Report:

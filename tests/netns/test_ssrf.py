@@ -1,7 +1,8 @@
 """The network policy against server-side request forgery, end to end: a fake cloud metadata
 server listens on 169.254.169.254 inside this namespace, and no route to it - direct, spelled
-otherwise, resolved from a name, through an HTTP redirect or as an HLS segment - may reach it.
-Each refused stream fails for good, naming the rule."""
+otherwise, resolved from a name, through an HTTP or RTSP redirect, as an HLS segment, or by a
+name that resolves there after the check (rebinding) - may reach it. Each refused stream fails
+for good, naming the rule."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import av
 import pytest
 
+from stream.rtsp_camera import RtspCamera
+from stream.samples import write_face_video
 from stream.sources.pyav import PyAVSource
 from tests.support.http import HttpServer
 from tests.support.sources import collect, fast_ingest, wait_for
+from tests.support.tcp import RtspRedirector, SilentTcpServer
 
 METADATA = "169.254.169.254"
 ALIAS = "camera-alias.test"
@@ -182,3 +187,40 @@ def test_an_hls_segment_on_the_metadata_server_is_refused(
         assert len(frames) >= 3, source.stats()
         assert any(path.startswith("/live/seg") for path in site.requests)
     assert metadata.requests == []
+
+
+def test_an_rtsp_redirect_to_the_metadata_server_is_refused(metadata: CountingServer) -> None:
+    with SilentTcpServer(METADATA, 554) as target, \
+            RtspRedirector(f"rtsp://{METADATA}/latest/meta-data/") as camera:
+        refused(f"rtsp://127.0.0.1:{camera.port}/live",
+                f"redirected to 'rtsp://{METADATA}/latest/meta-data/'", "not followed")
+        assert target.accepted == 0
+
+
+@pytest.fixture(scope="module")
+def camera(media_dir: Path) -> Iterator[RtspCamera]:
+    media = write_face_video(media_dir / "ssrf_face_180p.mp4", 320, 180, seconds=4.0, gop=15)
+    server = RtspCamera(media).start()
+    yield server
+    server.stop()
+
+
+def test_rtsp_connects_where_the_policy_checked_not_where_the_name_now_resolves(
+    metadata: CountingServer, camera: RtspCamera
+) -> None:
+    """The service's resolver answered the camera's address and the policy passed it; the
+    system's answer (this namespace's hosts file) has since become the metadata server, as a
+    rebinding DNS server would make it. FFmpeg alone resolves again and goes there."""
+    url = f"rtsp://{ALIAS}:{camera.port}/live"
+    with SilentTcpServer(METADATA, camera.port) as target:
+        with pytest.raises(av.error.FFmpegError):
+            av.open(url, options={"rtsp_transport": "tcp"}, timeout=1)
+        assert target.accepted == 1  # the control
+        source = PyAVSource("rebind", url, fast_ingest(), resolve=lambda _: ["127.0.0.1"])
+        source.start()
+        try:
+            frames = collect(source, 15, until=lambda frames, _stats: len(frames) >= 3)
+        finally:
+            source.stop()
+        assert len(frames) >= 3, source.stats()
+        assert target.accepted == 1

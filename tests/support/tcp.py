@@ -1,4 +1,5 @@
-"""A TCP server that accepts connections and then says nothing: a stalled stream endpoint."""
+"""TCP endpoints that misbehave: one that accepts and says nothing (a stalled stream, or a
+destination that counts who reached it), and an RTSP server that redirects every request."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import threading
 
 
 class SilentTcpServer:
-    """Accepts every connection on loopback and holds it open without sending a byte."""
+    """Accepts every connection on ``host`` and holds it open without sending a byte."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind((host, port))
         self._sock.listen(16)
         self._sock.settimeout(0.1)
         self.port = int(self._sock.getsockname()[1])
@@ -42,3 +43,36 @@ class SilentTcpServer:
         for conn in self._held:
             conn.close()
         self._sock.close()
+
+
+class RtspRedirector:
+    """An RTSP server on loopback answering every request with ``302`` to ``location``."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                request = conn.recv(4096).decode("latin-1")
+                cseq = next((line for line in request.split("\r\n")
+                             if line.lower().startswith("cseq")), "CSeq: 1")
+                conn.sendall(f"RTSP/1.0 302 Found\r\n{cseq}\r\nLocation: {self.location}\r\n"
+                             "Content-Length: 0\r\n\r\n".encode())
+                conn.recv(4096)
+
+    def __enter__(self) -> RtspRedirector:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join(5)

@@ -1,0 +1,283 @@
+"""The way out for RTSP and RTMP sources: a relay on loopback that connects to the camera at an
+address the network policy checked, and refuses the RTSP redirects FFmpeg would follow.
+
+FFmpeg resolves a camera's name itself and follows an RTSP ``3xx`` to any ``Location`` (an
+allowed camera answering ``302`` to ``rtsp://169.254.169.254/`` sends it to the metadata
+service), so a check of the URL cannot bound where it connects. Each RTSP(S)/RTMP(S) source
+therefore hands FFmpeg the relay's loopback URL instead of the camera's, and the relay, per
+connection FFmpeg opens:
+
+- resolves the camera's name itself, refuses it if any address is refused (``netpolicy.py``),
+  and connects to an address it checked (the first that answers), so a DNS answer that changes
+  afterwards (rebinding) cannot move the connection;
+- reads RTSP replies as messages (interleaved ``$`` frames skipped by length): a redirect is
+  refused and recorded, so the source fails for good naming the ``Location``; each reply's
+  ``Transport`` gets ``source=`` the checked address, so UDP RTCP goes to the camera and a
+  reply cannot point FFmpeg's UDP packets elsewhere;
+- terminates TLS for ``rtsps``/``rtmps`` (SNI is the camera's name; certificates are not
+  verified, as FFmpeg does not verify them by default), speaking plain RTSP/RTMP to FFmpeg on
+  loopback.
+
+What FFmpeg sends is forwarded untouched (digest authentication covers the request URI it
+sends, which names the relay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from stream.sources.netpolicy import (
+    Address,
+    DestinationRefused,
+    NetworkPolicy,
+    Resolver,
+    parse_address,
+    resolve_host,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+MAX_HEAD_BYTES = 64 * 1024
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443}
+PLAIN = {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "rtmp", "rtmps": "rtmp"}
+RELAYED_SCHEMES = frozenset(DEFAULT_PORTS)
+
+
+class RtspRedirect(Exception):
+    """An RTSP reply redirected the client; the relay does not follow it."""
+
+
+class RtspReplies:
+    """The camera-to-FFmpeg byte stream of an RTSP connection, message by message: what to
+    forward, with ``Transport`` pinned to ``address``; raises RtspRedirect on a ``3xx``."""
+
+    def __init__(self, address: Address) -> None:
+        self._source = f"source={address}".encode()
+        self._buffer = bytearray()
+        self._body_left = 0  # bytes of the current body or interleaved frame still to pass
+
+    def feed(self, data: bytes) -> bytes:
+        self._buffer += data
+        out = bytearray()
+        while self._buffer:
+            if self._body_left:
+                take = min(self._body_left, len(self._buffer))
+                out += self._buffer[:take]
+                del self._buffer[:take]
+                self._body_left -= take
+            elif self._buffer[0] == 0x24:  # '$': channel, 16-bit length, payload
+                if len(self._buffer) < 4:
+                    break
+                self._body_left = 4 + int.from_bytes(self._buffer[2:4], "big")
+            else:
+                end = self._buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self._buffer) > MAX_HEAD_BYTES:
+                        raise ValueError("an RTSP reply head over 64 KiB")
+                    break
+                head = bytes(self._buffer[:end])
+                del self._buffer[: end + 4]
+                rewritten, self._body_left = self._reply(head)
+                out += rewritten
+        return bytes(out)
+
+    def _reply(self, head: bytes) -> tuple[bytes, int]:
+        lines = head.split(b"\r\n")
+        status = lines[0].split(b" ", 2)
+        if len(status) >= 2 and status[0].startswith(b"RTSP/") and status[1][:1] == b"3":
+            location = next((line.split(b":", 1)[1].strip() for line in lines[1:]
+                             if line.lower().startswith(b"location:")), b"")
+            shown = location.decode("latin-1")[:200] or "no Location"
+            raise RtspRedirect(f"the camera redirected to {shown!r}; RTSP redirects are not "
+                               "followed: give the stream that URL")
+        length = 0
+        for index, line in enumerate(lines[1:], 1):
+            name, _, value = line.partition(b":")
+            key = name.strip().lower()
+            if key == b"content-length":
+                length = int(value.strip() or b"0")
+            elif key == b"transport":
+                lines[index] = name + b": " + self._pinned(value.strip())
+        return b"\r\n".join(lines) + b"\r\n\r\n", length
+
+    def _pinned(self, transport: bytes) -> bytes:
+        specs = []
+        for spec in transport.split(b","):
+            params = [p for p in spec.strip().split(b";")
+                      if p and not p.strip().lower().startswith(b"source=")]
+            specs.append(b";".join([*params, self._source]))
+        return b",".join(specs)
+
+
+class SourceRelay:
+    """One source's relay; FFmpeg opens ``url`` (see the module docstring)."""
+
+    def __init__(self, policy: NetworkPolicy, url: str, *, timeout_s: float,
+                 resolve: Resolver = resolve_host) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in RELAYED_SCHEMES or not parts.hostname:
+            raise ValueError(f"not a relayed source URL: {parts.scheme}://")
+        self.policy = policy
+        self.timeout_s = timeout_s
+        self.resolve = resolve
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.upstream_port = parts.port or DEFAULT_PORTS[self.scheme]
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = int(self._listener.getsockname()[1])
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = (f"{userinfo}@" if userinfo else "") + f"127.0.0.1:{self.port}"
+        self.url = urlunsplit((PLAIN[self.scheme], netloc, parts.path, parts.query, ""))
+        """What FFmpeg opens: the camera's URL, with the relay's address and a plain scheme."""
+        self._lock = threading.Lock()
+        self._refusal: str | None = None
+        self._failure: str | None = None
+        self._open: set[socket.socket] = set()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name=f"relay-{self.port}",
+                                        daemon=True)
+        self._thread.start()
+
+    def refusal(self) -> str | None:
+        """Why the latest connection was refused (the policy, or a redirect); None if none."""
+        with self._lock:
+            return self._refusal
+
+    def take_failure(self) -> str | None:
+        """Why the latest connection could not reach the camera (retryable), once; None if
+        it did. FFmpeg only sees the relay close, so this is what says what happened."""
+        with self._lock:
+            failure, self._failure = self._failure, None
+            return failure
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(2)
+        self._listener.close()
+        with self._lock:
+            sockets, self._open = list(self._open), set()
+        for sock in sockets:
+            _shut(sock)
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True,
+                             name=f"relay-{self.port}-conn").start()
+
+    def _fail(self, why: str) -> None:
+        with self._lock:
+            self._failure = why
+        log.info("relay to %s:%d: %s", self.host, self.upstream_port, why)
+
+    def _refuse(self, why: str) -> None:
+        with self._lock:
+            self._refusal = why
+        log.warning("relay to %s:%d refused: %s", self.host, self.upstream_port, why)
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        try:
+            try:
+                addresses = self.policy.vetted_addresses(self.host, self.resolve)
+            except DestinationRefused as exc:
+                self._refuse(str(exc))
+                return
+            if not addresses:
+                self._fail(f"{self.host} does not resolve")
+                return
+            address, upstream = self._connect(addresses)
+            if upstream is None:
+                return
+            if self.scheme in ("rtsps", "rtmps"):
+                try:
+                    upstream = _tls(upstream, self.host)
+                except (OSError, ssl.SSLError) as exc:
+                    self._fail(f"TLS with {self.host}:{self.upstream_port} failed: {exc}")
+                    return
+            with self._lock:
+                if self._closed.is_set():
+                    return
+                self._open.update((client, upstream))
+            replies = RtspReplies(address).feed if self.scheme.startswith("rtsp") else None
+            self._pump(client, upstream, replies)
+        except (OSError, ValueError) as exc:
+            log.debug("relay %d: %s", self.port, exc)
+        finally:
+            with self._lock:
+                self._open.difference_update((client, upstream))
+            _shut(client)
+            if upstream is not None:
+                _shut(upstream)
+
+    def _connect(self, addresses: list[Address]) -> tuple[Address, socket.socket | None]:
+        """The first checked address that accepts, as FFmpeg would try them in turn."""
+        error: OSError | None = None
+        for address in addresses:
+            try:
+                return address, socket.create_connection(
+                    (str(address), self.upstream_port), timeout=self.timeout_s)
+            except OSError as exc:
+                error = exc
+        reason = (error.strerror if error and error.strerror else str(error)) or "unreachable"
+        self._fail(f"cannot connect to {self.host}:{self.upstream_port}: {reason}")
+        return addresses[0], None
+
+    def _pump(self, client: socket.socket, upstream: socket.socket,
+              replies: Callable[[bytes], bytes] | None) -> None:
+        """FFmpeg -> camera untouched on a thread; camera -> FFmpeg here, through ``replies``.
+        No timeout of its own: an RTSP control connection idles between keep-alives (UDP), and
+        FFmpeg's read timeout closes its side, which ends both directions."""
+        client.settimeout(None)
+        upstream.settimeout(None)
+        outgoing = threading.Thread(target=_copy, args=(client, upstream), daemon=True,
+                                    name=f"relay-{self.port}-out")
+        outgoing.start()
+        try:
+            while True:
+                data = upstream.recv(CHUNK)
+                if not data:
+                    return
+                client.sendall(replies(data) if replies else data)
+        except RtspRedirect as exc:
+            self._refuse(str(exc))
+        finally:
+            _shut(client)
+            _shut(upstream)
+            outgoing.join(self.timeout_s)
+
+
+def _copy(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(CHUNK):
+            sink.sendall(data)
+    _shut(sink)
+
+
+def _tls(sock: socket.socket, host: str) -> socket.socket:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    name = None if parse_address(host) is not None else host
+    return context.wrap_socket(sock, server_hostname=name)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()

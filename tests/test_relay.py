@@ -1,0 +1,146 @@
+"""The relay RTSP and RTMP sources go out through: FFmpeg connects where the policy checked (not
+where its own resolver would say), an RTSP redirect is refused with nothing reaching its
+target, and replies pass byte for byte however the network splits them."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.rtsp_camera import RtspCamera
+from stream.samples import write_face_video
+from stream.sources.pyav import PyAVSource
+from stream.sources.relay import RtspRedirect, RtspReplies
+from tests.support.sources import collect, fast_ingest, wait_for
+from tests.support.tcp import RtspRedirector, SilentTcpServer
+
+CHECKED = ipaddress.ip_address("10.1.2.3")
+
+
+def interleaved(channel: int, payload: bytes) -> bytes:
+    return b"$" + bytes([channel]) + len(payload).to_bytes(2, "big") + payload
+
+
+def reply(body: bytes = b"", *headers: bytes) -> bytes:
+    head = [b"RTSP/1.0 200 OK", b"CSeq: 2", *headers, b"Content-Length: %d" % len(body)]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+# A body and frames that look like replies, a redirect among them: only heads are parsed.
+TRAFFIC = (
+    reply(b"v=0\r\nRTSP/1.0 302 Found\r\nLocation: rtsp://169.254.169.254/\r\n\r\n")
+    + interleaved(0, b"RTSP/1.0 301 Moved\r\n\r\n$\x00\xff\xff")
+    + interleaved(1, b"")
+    + reply()
+    + interleaved(0, bytes(range(256)) * 40)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(TRAFFIC)), max_size=12))
+def test_replies_pass_byte_for_byte_however_they_are_split(cuts: list[int]) -> None:
+    replies = RtspReplies(CHECKED)
+    bounds = [0, *sorted(cuts), len(TRAFFIC)]
+    out = b"".join(replies.feed(TRAFFIC[a:b]) for a, b in itertools.pairwise(bounds))
+    assert out == TRAFFIC
+
+
+def test_transport_is_pinned_to_the_checked_address() -> None:
+    head = reply(b"", b"Transport: RTP/AVP;unicast;client_port=5000-5001;server_port=6000-6001;"
+                      b"source=169.254.169.254, RTP/AVP/TCP;interleaved=0-1")
+    out = RtspReplies(CHECKED).feed(head)
+    assert b"source=169.254.169.254" not in out
+    assert (b"Transport: RTP/AVP;unicast;client_port=5000-5001;server_port=6000-6001;"
+            b"source=10.1.2.3,RTP/AVP/TCP;interleaved=0-1;source=10.1.2.3\r\n") in out
+
+
+def test_a_redirect_is_refused_naming_its_location() -> None:
+    replies = RtspReplies(CHECKED)
+    with pytest.raises(RtspRedirect, match=r"rtsp://169\.254\.169\.254/.*not followed"):
+        replies.feed(b"RTSP/1.0 302 Found\r\nCSeq: 1\r\nLocation: rtsp://169.254.169.254/\r\n")
+        replies.feed(b"\r\n")
+
+
+@pytest.fixture()
+def redirect() -> Iterator[tuple[RtspRedirector, SilentTcpServer]]:
+    with SilentTcpServer() as target, \
+            RtspRedirector(f"rtsp://127.0.0.1:{target.port}/elsewhere") as redirector:
+        yield redirector, target
+
+
+def test_ffmpeg_alone_follows_an_rtsp_redirect(
+        redirect: tuple[RtspRedirector, SilentTcpServer]) -> None:
+    """The control: what the relay stands between."""
+    redirector, target = redirect
+    with pytest.raises(av.error.FFmpegError):
+        av.open(f"rtsp://127.0.0.1:{redirector.port}/cam", options={"rtsp_transport": "tcp"},
+                timeout=2)
+    assert target.accepted == 1
+
+
+def test_an_rtsp_redirect_is_refused_and_never_reached(
+        redirect: tuple[RtspRedirector, SilentTcpServer]) -> None:
+    redirector, target = redirect
+    source = PyAVSource("redirected", f"rtsp://127.0.0.1:{redirector.port}/cam", fast_ingest())
+    source.start()
+    try:
+        assert wait_for(lambda: source.stats().status == "failed", 15), source.stats()
+        stats = source.stats()
+    finally:
+        source.stop()
+    assert f"redirected to 'rtsp://127.0.0.1:{target.port}/elsewhere'" in (stats.last_error or "")
+    assert "not retried" in (stats.last_error or "") and stats.reconnects == 0
+    assert target.accepted == 0
+
+
+@pytest.fixture(scope="module")
+def camera(media_dir: Path) -> Iterator[RtspCamera]:
+    media = write_face_video(media_dir / "relay_face_180p.mp4", 320, 180, seconds=4.0, gop=15)
+    server = RtspCamera(media).start()
+    yield server
+    server.stop()
+
+
+def test_the_connection_goes_to_the_address_the_policy_checked(camera: RtspCamera) -> None:
+    """``camera.invalid`` never resolves (RFC 6761): frames arrive only because the relay
+    connects to the address the source's resolver gave and the policy checked."""
+    url = camera.url.replace("127.0.0.1", "camera.invalid")
+    resolved: list[str] = []
+
+    def resolve(host: str) -> list[str]:
+        resolved.append(host)
+        return ["127.0.0.1"]
+
+    source = PyAVSource("pinned", url, fast_ingest(), resolve=resolve)
+    source.start()
+    try:
+        frames = collect(source, 15, until=lambda frames, _: len(frames) >= 3)
+        stats = source.stats()
+    finally:
+        source.stop()
+    assert len(frames) >= 3, stats
+    assert stats.url == url and "camera.invalid" in resolved
+
+
+def test_a_name_rebound_after_the_check_is_refused_by_the_relay(camera: RtspCamera) -> None:
+    """The source checks the name before it opens; the relay resolves it again for the
+    connection itself, and that answer, not the first, is what it connects to or refuses."""
+    url = camera.url.replace("127.0.0.1", "camera.invalid")
+    answers = iter([["127.0.0.1"]])
+    source = PyAVSource("rebound", url, fast_ingest(),
+                        resolve=lambda _: next(answers, ["169.254.169.254"]))
+    source.start()
+    try:
+        assert wait_for(lambda: source.stats().status == "failed", 15), source.stats()
+        stats = source.stats()
+    finally:
+        source.stop()
+    assert "resolves to 169.254.169.254" in (stats.last_error or "")
+    assert "not retried" in (stats.last_error or "") and stats.reconnects == 0
