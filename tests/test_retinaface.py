@@ -19,7 +19,7 @@ from engines.devices import resolve_device
 from engines.interfaces import FaceDetection
 from engines.retinaface.decode import DetectionOptions, decode, prior_boxes
 from engines.retinaface.network import MEAN_BGR, RetinaFace
-from engines.retinaface.onnx_detector import OnnxRetinaFaceDetector, export_onnx
+from engines.retinaface.onnx_detector import RUN_FRAMES, OnnxRetinaFaceDetector, export_onnx
 from engines.retinaface.torch_detector import RetinaFaceDetector
 from engines.retinaface.weights import build_network, load_network, state_dict_from_folded_onnx
 from stream.samples import ASTRONAUT_FACE_BOX, FacePlacement, astronaut, compose_frame, face_frames
@@ -282,6 +282,20 @@ def test_onnx_runtime_matches_torch(
     images = mixed_images()
     for a, b in zip(detector.detect(images), onnx.detect(images), strict=True):
         assert_same_detections(a, b, detector.options.confidence, tolerance=0.05)
+
+
+def test_onnx_runs_a_batch_in_parts_with_the_same_detections(retinaface_weights: Path) -> None:
+    """A batch over RUN_FRAMES goes through ONNX Runtime in parts (its arena keeps the largest
+    run): frame by frame and in one batch of 9 (not a multiple) detect the same faces."""
+    net, _ = load_network("mobilenet0.25")
+    onnx = OnnxRetinaFaceDetector(export_onnx(net), arch="mobilenet0.25")
+    images = (mixed_images() * 2)[:9]
+    assert len(images) > 2 * RUN_FRAMES
+    alone = [onnx.detect([image])[0] for image in images]
+    batched = onnx.detect(images)
+    assert any(alone)
+    for a, b in zip(alone, batched, strict=True):
+        assert_same_detections(a, b, onnx.options.confidence, tolerance=0.05)
 
 
 def test_onnx_export_is_written_and_reloads(retinaface_weights: Path, tmp_path: Path) -> None:

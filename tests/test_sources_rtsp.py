@@ -52,6 +52,9 @@ def test_server_restart_reconnects_with_backoff(rtsp: RtspCamera) -> None:
     try:
         before = collect(source, 20, until=lambda f, _: len(f) >= 5)
         assert len(before) >= 5 and source.stats().status == "live"
+        # The frame rate came from the stream itself (no probing of frame durations at open):
+        # sampling 5 of 30 fps skips the non-reference frames.
+        assert source.stats().skipping_nonref
 
         rtsp.stop()
         assert wait_for(lambda: source.stats().reconnects >= 3, 15)

@@ -24,6 +24,10 @@ from engines.retinaface.weights import WeightsInfo
 OPSET = 17
 INPUT = "images"
 OUTPUTS = ("loc", "scores", "landmarks")
+RUN_FRAMES = 4
+"""Frames per ONNX Runtime run. On the CPU a larger run is no faster per frame, but ORT's memory
+arena keeps the largest run's activations for good (640x384 canvases, 2 cores: 7.8 ms per frame
+at 4, 8 and 16 frames alike; about 65 MB retained at 4 against 250 MB at 16)."""
 
 
 def export_onnx(net: RetinaFace, path: Path | None = None) -> bytes:
@@ -92,5 +96,9 @@ class OnnxRetinaFaceDetector(BatchedDetector):
         return cls(model, arch=net.arch, weights=weights, **kwargs)  # type: ignore[arg-type]
 
     def _infer(self, canvas: np.ndarray) -> RawOutputs:
-        loc, scores, landmarks = self._session.run(list(OUTPUTS), {INPUT: canvas})
-        return torch.from_numpy(loc), torch.from_numpy(scores), torch.from_numpy(landmarks)
+        runs = [self._session.run(list(OUTPUTS), {INPUT: canvas[i : i + RUN_FRAMES]})
+                for i in range(0, len(canvas), RUN_FRAMES)]
+        loc, scores, landmarks = (
+            torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0])
+            for parts in zip(*runs, strict=True))
+        return loc, scores, landmarks

@@ -428,3 +428,34 @@ def bench_soak(
     console.print(f"soak {minutes:g} min, {streams} streams: RSS {result['rss_idle_mb']} MB "
                   f"idle, {result['rss_per_stream_mb']} MB per stream; slopes per hour: RSS "
                   f"{slopes['rss_mb']} MB, fds {slopes['fds']}, threads {slopes['threads']}")
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+@bench_app.command("memory")
+def bench_memory(
+    steps: Annotated[str, typer.Option(help="Stream counts, added in turn.")] = "1,4,8,16,24,32",
+    settle: Annotated[float, typer.Option(min=1, max=3600, help="Seconds each step runs before "
+                                          "it is sampled.")] = 45.0,
+    fps: Annotated[float, typer.Option(min=0.5, max=60, help="Analysis fps per stream.")] = 5.0,
+    arch: Annotated[str, typer.Option(help="Crop scorer architecture.")] = "tiny",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    json_out: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """RSS as live streams are added step by step: the memory one more stream costs (the slope
+    over the steps with full detection batches) apart from what analysis holds once."""
+    from stream.bench.memory import MemoryConfig, run
+
+    settings = settings_or_exit(config)
+    cfg = MemoryConfig(steps=_parse_ramp(steps), settle_s=settle, fps=fps, arch=arch,
+                       device=device)
+    result = run(cfg, settings, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console.print(f"RSS {result['rss_idle_mb']} MB idle; {result['per_stream_mb']} MB per stream "
+                  f"(slope over {result['fitted_steps']} streams), {result['shared_mb']} MB held "
+                  f"once by analysis; target {result['targets']['rss_per_stream_mb']} MB per "
+                  "stream")

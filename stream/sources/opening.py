@@ -44,6 +44,10 @@ def ffmpeg_options(
         modern = av.library_versions["libavformat"][0] >= 59
         options["timeout" if modern else "stimeout"] = io_timeout_us
         options["allowed_media_types"] = "video"
+        # No frame-rate probing from frame durations: it held every open (and every reconnect)
+        # about 0.7 s longer, and the rate comes from the SPS timing (or is left unknown, which
+        # only turns off skipping non-reference frames for that stream).
+        options["fpsprobesize"] = "0"
     elif scheme in ("http", "https"):
         options["timeout"] = io_timeout_us
         options["rw_timeout"] = io_timeout_us  # also passed on to HLS segment requests
