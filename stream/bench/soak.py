@@ -4,8 +4,9 @@ Each interval samples the service process's RSS, open file descriptors and threa
 ``used_memory``, the analysed fps and the decoded -> received latency of the score messages (a
 subscriber in a process of its own, as in the pipeline benchmark). A leak shows as a slope: each
 series gets a least-squares slope per hour and that slope relative to the series' mean, so
-"flat within noise" is a number. Per-stream memory is the RSS with the streams minus the RSS of
-the started service before any stream, divided by the streams.
+"flat within noise" is a number. ``rss_per_stream_mb`` is the RSS with the streams minus the
+RSS of the started service before any stream, divided by the streams: it includes what analysis
+holds once (batch memory), which ``memory.py`` tells apart from what each stream holds.
 """
 
 from __future__ import annotations

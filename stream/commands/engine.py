@@ -17,6 +17,13 @@ import typer
 from stream.cli import ConfigOption, console, engine_app, fail, settings_or_exit
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DeviceOption = Annotated[str, typer.Option(help="'cuda', 'cuda:N' or 'cpu'.")]
+ArchOption = Annotated[str | None, typer.Option(
+    help="Detector architecture (default detector.arch).", show_default=False)]
+BundleOption = Annotated[str | None, typer.Option(
+    help="Detector bundle (default: as configured).", show_default=False)]
+UntrainedOption = Annotated[bool, typer.Option(
+    help="Use random weights when no bundle is installed (timings only).")]
 CacheOption = Annotated[Path | None, typer.Option(
     help="Engines cache (default: the model store's engines folder, as the service uses).",
     show_default=False)]
@@ -90,13 +97,10 @@ def engine_build(
     max_batch: Annotated[int | None, typer.Option(
         min=1, max=1024, help="Largest bucket (default detector.max_batch).",
         show_default=False)] = None,
-    device: Annotated[str, typer.Option(help="'cuda', 'cuda:N' or 'cpu'.")] = "cuda",
-    arch: Annotated[str | None, typer.Option(help="Detector architecture (default "
-                                             "detector.arch).", show_default=False)] = None,
-    bundle: Annotated[str | None, typer.Option(help="Detector bundle (default: as "
-                                               "configured).", show_default=False)] = None,
-    allow_untrained: Annotated[bool, typer.Option(
-        help="Build for random weights when no bundle is installed (timings only).")] = False,
+    device: DeviceOption = "cuda",
+    arch: ArchOption = None,
+    bundle: BundleOption = None,
+    allow_untrained: UntrainedOption = False,
     cache_dir: CacheOption = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
@@ -167,13 +171,10 @@ def engine_list(cache_dir: CacheOption = None, as_json: JsonOption = False,
 
 @engine_app.command("bench")
 def engine_bench(
-    device: Annotated[str, typer.Option(help="'cuda', 'cuda:N' or 'cpu'.")] = "cuda",
-    arch: Annotated[str | None, typer.Option(help="Detector architecture (default "
-                                             "detector.arch).", show_default=False)] = None,
-    bundle: Annotated[str | None, typer.Option(help="Detector bundle (default: as "
-                                               "configured).", show_default=False)] = None,
-    allow_untrained: Annotated[bool, typer.Option(
-        help="Use random weights when no bundle is installed (timings only).")] = False,
+    device: DeviceOption = "cuda",
+    arch: ArchOption = None,
+    bundle: BundleOption = None,
+    allow_untrained: UntrainedOption = False,
     cache_dir: CacheOption = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,

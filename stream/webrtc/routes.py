@@ -10,9 +10,11 @@ answers 204. OPTIONS answers CORS preflights without a token (a preflight cannot
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -28,6 +30,7 @@ SDP_FRAGMENT = "application/trickle-ice-sdpfrag"
 PREFIX = "/whip"
 ALLOW_METHODS = "POST, PATCH, DELETE, GET, OPTIONS"
 EXPOSED = "Location, ETag, Link, Accept-Post, Retry-After"
+Handler = Callable[..., Awaitable[Response]]
 
 
 def whip_router(
@@ -44,6 +47,18 @@ def whip_router(
         return JSONResponse({"detail": detail}, status_code=status,
                             headers={**cors(), **(headers or {})})
 
+    def answering_refusals(handler: Handler) -> Handler:
+        """Every refusal a route raises (its gate, the offer, the sessions) as its response."""
+        @functools.wraps(handler)
+        async def route(*args: Any, **kwargs: Any) -> Response:
+            try:
+                return await handler(*args, **kwargs)
+            except OfferError as exc:
+                return refuse(exc.status, exc.detail)
+            except WhipError as exc:
+                return refuse(exc.status, exc.detail, exc.headers)
+        return route
+
     def authorised(request: Request, stream_id: str) -> bool:
         own = settings.publish_tokens.get(stream_id)
         tokens = [t for t in (api_token, own.get_secret_value() if own else None) if t]
@@ -56,24 +71,21 @@ def whip_router(
         # Every token compared, each in constant time: the answer does not say which matched.
         return sum(hmac.compare_digest(supplied, t.encode()) for t in tokens) > 0
 
-    def gate(request: Request, stream_id: str, content_type: str | None) -> Response | None:
+    def gate(request: Request, stream_id: str, content_type: str | None) -> WhipSessions:
+        """The running sessions, once the request may reach them; else WhipError."""
         if not authorised(request, stream_id):
-            return refuse(401, "missing or wrong bearer token",
-                          {"WWW-Authenticate": 'Bearer realm="whip"'})
+            raise WhipError(401, "missing or wrong bearer token",
+                            {"WWW-Authenticate": 'Bearer realm="whip"'})
         if not re.match(STREAM_ID_PATTERN, stream_id):
-            return refuse(400, f"stream id {stream_id!r} must match {STREAM_ID_PATTERN}")
+            raise WhipError(400, f"stream id {stream_id!r} must match {STREAM_ID_PATTERN}")
         if content_type is not None:
             given = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if given != content_type:
-                return refuse(415, f"Content-Type must be {content_type} (got "
-                                   f"{given or 'none'})", {"Accept-Post": SDP})
-        return None
-
-    def running() -> WhipSessions:
+                raise WhipError(415, f"Content-Type must be {content_type} (got "
+                                     f"{given or 'none'})", {"Accept-Post": SDP})
         found = sessions()
         if found is None:
-            raise WhipError(503, "the service is starting; try again",
-                            {"Retry-After": "2"})
+            raise WhipError(503, "the service is starting; try again", {"Retry-After": "2"})
         return found
 
     @router.options("/{stream_id}")
@@ -87,20 +99,14 @@ def whip_router(
         })
 
     @router.post("/{stream_id}", status_code=201)
+    @answering_refusals
     async def publish(stream_id: str, request: Request) -> Response:
-        refused = gate(request, stream_id, SDP)
-        if refused is not None:
-            return refused
+        found = gate(request, stream_id, SDP)
         try:
             text = (await request.body()).decode("utf-8")
         except UnicodeDecodeError:
-            return refuse(400, "the body is not UTF-8 text, so not an SDP offer")
-        try:
-            session, answer = await running().publish(stream_id, check_offer(text))
-        except OfferError as exc:
-            return refuse(exc.status, exc.detail)
-        except WhipError as exc:
-            return refuse(exc.status, exc.detail, exc.headers)
+            raise WhipError(400, "the body is not UTF-8 text, so not an SDP offer") from None
+        session, answer = await found.publish(stream_id, check_offer(text))
         headers = {**cors(), "Location": f"{PREFIX}/{stream_id}/{session.id}",
                    "ETag": session.etag}
         response = Response(answer, status_code=201, media_type=SDP, headers=headers)
@@ -109,48 +115,31 @@ def whip_router(
         return response
 
     @router.patch("/{stream_id}/{session_id}")
+    @answering_refusals
     async def trickle(stream_id: str, session_id: str, request: Request) -> Response:
-        refused = gate(request, stream_id, SDP_FRAGMENT)
-        if refused is not None:
-            return refused
-        try:
-            found = running()
-            session = found.get(session_id, stream_id)
-            match = request.headers.get("if-match")
-            if match is None:
-                return refuse(428, "If-Match with the session's ETag is required")
-            if match.strip() not in ("*", session.etag):
-                return refuse(412, "stale ETag: the session has another ICE state")
-            fragment = parse_fragment((await request.body()).decode("utf-8", "replace"))
-            await found.trickle(session, fragment)
-        except OfferError as exc:
-            return refuse(exc.status, exc.detail)
-        except WhipError as exc:
-            return refuse(exc.status, exc.detail, exc.headers)
+        found = gate(request, stream_id, SDP_FRAGMENT)
+        session = found.get(session_id, stream_id)
+        match = request.headers.get("if-match")
+        if match is None:
+            raise WhipError(428, "If-Match with the session's ETag is required")
+        if match.strip() not in ("*", session.etag):
+            raise WhipError(412, "stale ETag: the session has another ICE state")
+        fragment = parse_fragment((await request.body()).decode("utf-8", "replace"))
+        await found.trickle(session, fragment)
         return Response(status_code=204, headers={**cors(), "ETag": session.etag})
 
     @router.get("/{stream_id}/{session_id}")
+    @answering_refusals
     async def session_exists(stream_id: str, session_id: str, request: Request) -> Response:
-        refused = gate(request, stream_id, None)
-        if refused is not None:
-            return refused
-        try:
-            session = running().get(session_id, stream_id)
-        except WhipError as exc:
-            return refuse(exc.status, exc.detail, exc.headers)
+        session = gate(request, stream_id, None).get(session_id, stream_id)
         return Response(status_code=204, headers={**cors(), "ETag": session.etag})
 
     @router.delete("/{stream_id}/{session_id}")
+    @answering_refusals
     async def end(stream_id: str, session_id: str, request: Request) -> Response:
-        refused = gate(request, stream_id, None)
-        if refused is not None:
-            return refused
-        try:
-            found = running()
-            session = found.get(session_id, stream_id)
-            await found.end(session.id, "the publisher ended the session")
-        except WhipError as exc:
-            return refuse(exc.status, exc.detail, exc.headers)
+        found = gate(request, stream_id, None)
+        session = found.get(session_id, stream_id)
+        await found.end(session.id, "the publisher ended the session")
         return Response(status_code=200, headers=cors())
 
     return router
