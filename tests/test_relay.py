@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from stream.rtsp_camera import RtspCamera
 from stream.samples import write_face_video
 from stream.sources.pyav import PyAVSource
-from stream.sources.relay import RtspRedirect, RtspReplies
+from stream.sources.relay import rtmp_tcurl
+from stream.sources.rtsp_replies import RtspRedirect, RtspReplies
 from tests.support.sources import collect, fast_ingest, wait_for
 from tests.support.tcp import RtspRedirector, SilentTcpServer
 
@@ -61,6 +62,41 @@ def test_transport_is_pinned_to_the_checked_address() -> None:
             b"source=10.1.2.3,RTP/AVP/TCP;interleaved=0-1;source=10.1.2.3\r\n") in out
 
 
+LOCATION = b"Location: rtsp://169.254.169.254/\r\n"
+
+# Replies FFmpeg reads as a redirect, however they are spelled or hidden.
+HIDDEN_REDIRECTS = {
+    "bare LF": b"RTSP/1.0 200 OK\nCSeq: 1\n\nRTSP/1.0 302 x\nLocation: rtsp://169.254.169.254/\n\n",
+    "two spaces": b"RTSP/1.0  302 Found\r\n" + LOCATION + b"\r\n",
+    "a tab": b"RTSP/1.0\t302 Found\r\n" + LOCATION + b"\r\n",
+    "a leading zero": b"RTSP/1.0 0302 Found\r\n" + LOCATION + b"\r\n",
+    "a stray CR": b"RTSP/1.0 302\r Found\r\r\n" + LOCATION + b"\r\r\n",
+    "behind a length FFmpeg ignores": b"RTSP/1.0 200 OK\r\nContent-Length : 99\r\n\r\n"
+                                      b"RTSP/1.0 302 Found\r\n" + LOCATION + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("traffic", HIDDEN_REDIRECTS.values(), ids=HIDDEN_REDIRECTS.keys())
+def test_a_redirect_is_refused_however_it_is_spelled(traffic: bytes) -> None:
+    replies = RtspReplies(CHECKED)
+    with pytest.raises(RtspRedirect, match=r"169\.254\.169\.254"):
+        for byte in range(len(traffic)):
+            replies.feed(traffic[byte : byte + 1])
+
+
+@pytest.mark.parametrize("traffic", [
+    b"RTSP/1.0 200 OK\r\nContent-Length: 1_00\r\n\r\n",
+    b"RTSP/1.0 200 OK\r\nContent-Length: -100\r\n\r\n",
+    b"RTSP/1.0 200 OK\r\ncontent-length: 4294967306\r\n\r\n",
+    b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n$\x00\x00\x10",
+    b"RTSP/1.0 200 OK\x00\r\n\r\n",
+    b"RTSP/1.0 200 OK\r\nX-Pad: " + b"a" * 5000 + b"\r\n\r\n",
+], ids=["underscore", "negative", "overflowing", "frame in a head", "NUL", "long line"])
+def test_what_ffmpeg_would_read_otherwise_is_refused(traffic: bytes) -> None:
+    with pytest.raises(ValueError, match="RTSP"):
+        RtspReplies(CHECKED).feed(traffic)
+
+
 def test_a_redirect_is_refused_naming_its_location() -> None:
     replies = RtspReplies(CHECKED)
     with pytest.raises(RtspRedirect, match=r"rtsp://169\.254\.169\.254/.*not followed"):
@@ -73,6 +109,47 @@ def redirect() -> Iterator[tuple[RtspRedirector, SilentTcpServer]]:
     with SilentTcpServer() as target, \
             RtspRedirector(f"rtsp://127.0.0.1:{target.port}/elsewhere") as redirector:
         yield redirector, target
+
+
+ON_THE_WIRE = {
+    "plain": RtspRedirector.PLAIN,
+    "bare LF after a 200": "RTSP/1.0 200 OK\n{cseq}\nPublic: DESCRIBE\n\n"
+                           "RTSP/1.0 302 Found\nCSeq: 2\nLocation: {location}\n\n",
+    "two spaces": "RTSP/1.0  302 Found\r\n{cseq}\r\nLocation: {location}\r\n\r\n",
+    "behind a length FFmpeg ignores": "RTSP/1.0 200 OK\r\n{cseq}\r\nPublic: DESCRIBE\r\n"
+        "Content-Length : 60\r\n\r\nRTSP/1.0 302 Found\r\nCSeq: 2\r\n"
+        "Location: {location}\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("reply", ON_THE_WIRE.values(), ids=ON_THE_WIRE.keys())
+def test_ffmpeg_follows_each_redirect_alone_and_the_relay_refuses_it(reply: str) -> None:
+    """The control first (FFmpeg alone reaches the target), then the source: refused, never
+    retried, and the target not reached."""
+    with SilentTcpServer() as target, RtspRedirector(
+            f"rtsp://127.0.0.1:{target.port}/elsewhere", reply) as redirector:
+        url = f"rtsp://127.0.0.1:{redirector.port}/cam"
+        with pytest.raises(av.error.FFmpegError):
+            av.open(url, options={"rtsp_transport": "tcp"}, timeout=1)
+        assert wait_for(lambda: target.accepted == 1, 2)
+        source = PyAVSource("redirected", url, fast_ingest())
+        source.start()
+        try:
+            assert wait_for(lambda: source.stats().status == "failed", 15), source.stats()
+            stats = source.stats()
+        finally:
+            source.stop()
+        assert "redirected to" in (stats.last_error or "") and stats.reconnects == 0
+        assert target.accepted == 1
+
+
+def test_rtmp_keeps_the_camera_in_its_tcurl() -> None:
+    """FFmpeg's own split of application and play path (rtmp_open)."""
+    assert rtmp_tcurl("rtmp://cam.example/live/key") == "rtmp://cam.example:1935/live"
+    assert rtmp_tcurl("rtmps://[fd00::5]:8443/app/inst/key") == "rtmps://[fd00::5]:8443/app/inst"
+    assert rtmp_tcurl("rtmp://h/app/mp4:folder/file") == "rtmp://h:1935/app"
+    assert rtmp_tcurl("rtmp://h/key") == "rtmp://h:1935/"
+    assert rtmp_tcurl("rtmp://h/ondemand/a/b") == "rtmp://h:1935/ondemand"
 
 
 def test_ffmpeg_alone_follows_an_rtsp_redirect(

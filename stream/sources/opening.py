@@ -84,8 +84,11 @@ class Opening:
         return self._relay.url if self._relay else self.target.url
 
     def options(self) -> dict[str, str]:
-        return ffmpeg_options(self.target, self.settings,
-                              self._proxy.url if self._proxy else None)
+        options = ffmpeg_options(self.target, self.settings,
+                                 self._proxy.url if self._proxy else None)
+        if self._relay and self._relay.tcurl:
+            options["rtmp_tcurl"] = self._relay.tcurl
+        return options
 
     def begin(self) -> None:
         """Before each connect: what the host's name resolves to now must be allowed (the way

@@ -173,7 +173,13 @@ class PyAVSource:
                 log.warning("stream %s refused: %s", self.stream_id, exc)
                 return
             self._status = SourceStatus.CONNECTING
-            self._opening = Opening(target, self.settings, self._resolve)
+            try:
+                self._opening = Opening(target, self.settings, self._resolve)
+            except OSError as exc:  # no loopback socket for its way out (out of descriptors)
+                self._status = SourceStatus.FAILED
+                self._last_error = f"cannot open the stream's way out on loopback: {exc}"
+                log.error("stream %s: %s", self.stream_id, self._last_error)
+                return
             enable_ffmpeg_error_log()
             self._spawn_reader(0.0)
         self._watchdog.watch(self)
@@ -190,6 +196,8 @@ class PyAVSource:
             if self._status is not SourceStatus.FAILED:
                 self._status = SourceStatus.STOPPED
             threads, self._threads = self._threads, []
+            # Taken now: a start() after this lock is released opens its own.
+            opening, self._opening = self._opening, None
         self._watchdog.unwatch(self)
         self._wake.set()
         self._mailbox.close()
@@ -198,7 +206,6 @@ class PyAVSource:
         deadline = time.monotonic() + self.settings.open_timeout_s + self.settings.read_timeout_s
         for thread in threads:
             thread.join(max(0.0, deadline + 5.0 - time.monotonic()))
-        opening, self._opening = self._opening, None
         if opening is not None:
             opening.close()
         stuck = [t.name for t in threads if t.is_alive()]
@@ -303,7 +310,8 @@ class PyAVSource:
 
     def _read_loop(self, gen: int, delay: float) -> None:
         opening = self._opening
-        assert opening is not None
+        if opening is None:  # stopped before this reader began
+            return
         target = opening.target
         looping = False
         while True:

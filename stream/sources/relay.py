@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import selectors
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,80 +42,14 @@ from stream.sources.netpolicy import (
     parse_address,
     resolve_host,
 )
+from stream.sources.rtsp_replies import RtspRedirect, RtspReplies
 
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
-MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443}
 PLAIN = {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "rtmp", "rtmps": "rtmp"}
 RELAYED_SCHEMES = frozenset(DEFAULT_PORTS)
-
-
-class RtspRedirect(Exception):
-    """An RTSP reply redirected the client; the relay does not follow it."""
-
-
-class RtspReplies:
-    """The camera-to-FFmpeg byte stream of an RTSP connection, message by message: what to
-    forward, with ``Transport`` pinned to ``address``; raises RtspRedirect on a ``3xx``."""
-
-    def __init__(self, address: Address) -> None:
-        self._source = f"source={address}".encode()
-        self._buffer = bytearray()
-        self._body_left = 0  # bytes of the current body or interleaved frame still to pass
-
-    def feed(self, data: bytes) -> bytes:
-        self._buffer += data
-        out = bytearray()
-        while self._buffer:
-            if self._body_left:
-                take = min(self._body_left, len(self._buffer))
-                out += self._buffer[:take]
-                del self._buffer[:take]
-                self._body_left -= take
-            elif self._buffer[0] == 0x24:  # '$': channel, 16-bit length, payload
-                if len(self._buffer) < 4:
-                    break
-                self._body_left = 4 + int.from_bytes(self._buffer[2:4], "big")
-            else:
-                end = self._buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(self._buffer) > MAX_HEAD_BYTES:
-                        raise ValueError("an RTSP reply head over 64 KiB")
-                    break
-                head = bytes(self._buffer[:end])
-                del self._buffer[: end + 4]
-                rewritten, self._body_left = self._reply(head)
-                out += rewritten
-        return bytes(out)
-
-    def _reply(self, head: bytes) -> tuple[bytes, int]:
-        lines = head.split(b"\r\n")
-        status = lines[0].split(b" ", 2)
-        if len(status) >= 2 and status[0].startswith(b"RTSP/") and status[1][:1] == b"3":
-            location = next((line.split(b":", 1)[1].strip() for line in lines[1:]
-                             if line.lower().startswith(b"location:")), b"")
-            shown = location.decode("latin-1")[:200] or "no Location"
-            raise RtspRedirect(f"the camera redirected to {shown!r}; RTSP redirects are not "
-                               "followed: give the stream that URL")
-        length = 0
-        for index, line in enumerate(lines[1:], 1):
-            name, _, value = line.partition(b":")
-            key = name.strip().lower()
-            if key == b"content-length":
-                length = int(value.strip() or b"0")
-            elif key == b"transport":
-                lines[index] = name + b": " + self._pinned(value.strip())
-        return b"\r\n".join(lines) + b"\r\n\r\n", length
-
-    def _pinned(self, transport: bytes) -> bytes:
-        specs = []
-        for spec in transport.split(b","):
-            params = [p for p in spec.strip().split(b";")
-                      if p and not p.strip().lower().startswith(b"source=")]
-            specs.append(b";".join([*params, self._source]))
-        return b",".join(specs)
 
 
 class SourceRelay:
@@ -137,6 +73,9 @@ class SourceRelay:
         netloc = (f"{userinfo}@" if userinfo else "") + f"127.0.0.1:{self.port}"
         self.url = urlunsplit((PLAIN[self.scheme], netloc, parts.path, parts.query, ""))
         """What FFmpeg opens: the camera's URL, with the relay's address and a plain scheme."""
+        self.tcurl = rtmp_tcurl(url) if PLAIN[self.scheme] == "rtmp" else None
+        """RTMP's ``tcUrl`` as FFmpeg would send it to the camera itself (servers may pick a
+        virtual host by it), rather than one naming the relay."""
         self._lock = threading.Lock()
         self._refusal: str | None = None
         self._failure: str | None = None
@@ -226,47 +165,72 @@ class SourceRelay:
                 _shut(upstream)
 
     def _connect(self, addresses: list[Address]) -> tuple[Address, socket.socket | None]:
-        """The first checked address that accepts, as FFmpeg would try them in turn."""
+        """The first checked address that accepts, as FFmpeg would try them in turn, all
+        within the open timeout."""
+        deadline = time.monotonic() + self.timeout_s
         error: OSError | None = None
         for address in addresses:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             try:
-                return address, socket.create_connection(
-                    (str(address), self.upstream_port), timeout=self.timeout_s)
+                return address, socket.create_connection((str(address), self.upstream_port),
+                                                          timeout=left)
             except OSError as exc:
                 error = exc
-        reason = (error.strerror if error and error.strerror else str(error)) or "unreachable"
+        reason = (error.strerror if error and error.strerror else str(error or "timed out"))
         self._fail(f"cannot connect to {self.host}:{self.upstream_port}: {reason}")
         return addresses[0], None
 
     def _pump(self, client: socket.socket, upstream: socket.socket,
               replies: Callable[[bytes], bytes] | None) -> None:
-        """FFmpeg -> camera untouched on a thread; camera -> FFmpeg here, through ``replies``.
-        No timeout of its own: an RTSP control connection idles between keep-alives (UDP), and
-        FFmpeg's read timeout closes its side, which ends both directions."""
+        """Both directions on this one thread (a TLS socket must not be read and written from
+        two): FFmpeg -> camera untouched, camera -> FFmpeg through ``replies``. No timeout of
+        its own: an RTSP control connection idles between keep-alives (UDP), and FFmpeg's read
+        timeout closes its side, which ends both."""
         client.settimeout(None)
         upstream.settimeout(None)
-        outgoing = threading.Thread(target=_copy, args=(client, upstream), daemon=True,
-                                    name=f"relay-{self.port}-out")
-        outgoing.start()
-        try:
-            while True:
-                data = upstream.recv(CHUNK)
-                if not data:
-                    return
-                client.sendall(replies(data) if replies else data)
-        except RtspRedirect as exc:
-            self._refuse(str(exc))
-        finally:
-            _shut(client)
-            _shut(upstream)
-            outgoing.join(self.timeout_s)
+        with selectors.DefaultSelector() as selector:
+            selector.register(client, selectors.EVENT_READ, client)
+            selector.register(upstream, selectors.EVENT_READ, upstream)
+            try:
+                while True:
+                    # Records TLS has already decrypted do not make the socket readable.
+                    pending = isinstance(upstream, ssl.SSLSocket) and upstream.pending()
+                    ready: list[socket.socket] = (
+                        [upstream] if pending else [key.data for key, _ in selector.select()])
+                    for sock in ready:
+                        data = sock.recv(CHUNK)
+                        if not data:
+                            return
+                        if sock is upstream:
+                            client.sendall(replies(data) if replies else data)
+                        else:
+                            upstream.sendall(data)
+            except RtspRedirect as exc:
+                self._refuse(str(exc))
 
 
-def _copy(source: socket.socket, sink: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := source.recv(CHUNK):
-            sink.sendall(data)
-    _shut(sink)
+def rtmp_tcurl(url: str) -> str:
+    """``proto://host:port/app`` of an RTMP URL, with the application split from the play
+    path as FFmpeg's ``rtmp_open`` does."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or DEFAULT_PORTS[parts.scheme]
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    if path.startswith("/ondemand/"):
+        app = "ondemand"
+    else:
+        rest = path[1:]
+        slash = rest.find("/")
+        if slash < 0:
+            app = ""
+        else:
+            colon = rest.find(":", slash + 1)
+            second = rest.find("/", slash + 1)
+            app = rest[:slash] if second < 0 or 0 <= colon < second else rest[:second]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{shown}:{port}/{app}"
 
 
 def _tls(sock: socket.socket, host: str) -> socket.socket:

@@ -3,6 +3,7 @@ destination that counts who reached it), and an RTSP server that redirects every
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -46,10 +47,14 @@ class SilentTcpServer:
 
 
 class RtspRedirector:
-    """An RTSP server on loopback answering every request with ``302`` to ``location``."""
+    """An RTSP server on loopback answering the first request of each connection with
+    ``reply`` (``{cseq}`` and ``{location}`` filled in): by default ``302`` to ``location``."""
 
-    def __init__(self, location: str) -> None:
+    PLAIN = "RTSP/1.0 302 Found\r\n{cseq}\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+
+    def __init__(self, location: str, reply: str = PLAIN) -> None:
         self.location = location
+        self.reply = reply
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._sock.getsockname()[1])
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -64,9 +69,10 @@ class RtspRedirector:
                 request = conn.recv(4096).decode("latin-1")
                 cseq = next((line for line in request.split("\r\n")
                              if line.lower().startswith("cseq")), "CSeq: 1")
-                conn.sendall(f"RTSP/1.0 302 Found\r\n{cseq}\r\nLocation: {self.location}\r\n"
-                             "Content-Length: 0\r\n\r\n".encode())
-                conn.recv(4096)
+                conn.sendall(self.reply.format(cseq=cseq, location=self.location).encode())
+                with contextlib.suppress(OSError):
+                    while conn.recv(4096):
+                        pass
 
     def __enter__(self) -> RtspRedirector:
         self._thread.start()
