@@ -10,16 +10,16 @@ connection FFmpeg opens:
 - resolves the camera's name itself, refuses it if any address is refused (``netpolicy.py``),
   and connects to an address it checked (the first that answers), so a DNS answer that changes
   afterwards (rebinding) cannot move the connection;
-- reads RTSP replies as messages (interleaved ``$`` frames skipped by length): a redirect is
-  refused and recorded, so the source fails for good naming the ``Location``; each reply's
-  ``Transport`` gets ``source=`` the checked address, so UDP RTCP goes to the camera and a
-  reply cannot point FFmpeg's UDP packets elsewhere;
+- reads RTSP replies as FFmpeg reads them (``rtsp_replies.py``): a redirect is refused and
+  recorded, so the source fails for good naming the ``Location``; each reply's ``Transport``
+  gets ``source=`` the checked address, so UDP RTCP goes to the camera and a reply cannot point
+  FFmpeg's UDP packets elsewhere;
 - terminates TLS for ``rtsps``/``rtmps`` (SNI is the camera's name; certificates are not
   verified, as FFmpeg does not verify them by default), speaking plain RTSP/RTMP to FFmpeg on
   loopback.
 
 What FFmpeg sends is forwarded untouched (digest authentication covers the request URI it
-sends, which names the relay).
+sends, which names the relay); RTMP's ``tcUrl`` is given as the camera's own (``rtmp_tcurl``).
 """
 
 from __future__ import annotations
