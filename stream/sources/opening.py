@@ -16,7 +16,7 @@ from stream.sources.egress import EgressProxy
 from stream.sources.failures import SourceFailure
 from stream.sources.netpolicy import DestinationRefused, Resolver, url_host
 from stream.sources.relay import RELAYED_SCHEMES, SourceRelay
-from stream.sources.urls import SourceTarget, network_policy
+from stream.sources.urls import SourceTarget, network_policy, redact
 
 
 def enable_ffmpeg_error_log() -> None:
@@ -111,7 +111,8 @@ class Opening:
             if refusal := self._relay.refusal():
                 raise SourceFailure(f"{refusal} (not retried)", permanent=True)
             if failure := self._relay.take_failure():
-                raise SourceFailure(failure, permanent=False)
+                raise SourceFailure(f"{failure} (connecting to {redact(self.target.url)})",
+                                    permanent=False)
 
     def close(self) -> None:
         for way_out in (self._proxy, self._relay):

@@ -91,8 +91,9 @@ class SourceRelay:
             return self._refusal
 
     def take_failure(self) -> str | None:
-        """Why the latest connection could not reach the camera (retryable), once; None if
-        it did. FFmpeg only sees the relay close, so this is what says what happened."""
+        """Why the latest connection could not reach the camera (retryable: "Connection
+        refused"), once; None if it did. FFmpeg only sees the relay close, so this is what says
+        what happened."""
         with self._lock:
             failure, self._failure = self._failure, None
             return failure
@@ -138,7 +139,7 @@ class SourceRelay:
                 self._refuse(str(exc))
                 return
             if not addresses:
-                self._fail(f"{self.host} does not resolve")
+                self._fail("the host does not resolve")
                 return
             address, upstream = self._connect(addresses)
             if upstream is None:
@@ -147,7 +148,7 @@ class SourceRelay:
                 try:
                     upstream = _tls(upstream, self.host)
                 except (OSError, ssl.SSLError) as exc:
-                    self._fail(f"TLS with {self.host}:{self.upstream_port} failed: {exc}")
+                    self._fail(f"TLS failed: {exc}")
                     return
             with self._lock:
                 if self._closed.is_set():
@@ -179,7 +180,7 @@ class SourceRelay:
             except OSError as exc:
                 error = exc
         reason = (error.strerror if error and error.strerror else str(error or "timed out"))
-        self._fail(f"cannot connect to {self.host}:{self.upstream_port}: {reason}")
+        self._fail(reason)
         return addresses[0], None
 
     def _pump(self, client: socket.socket, upstream: socket.socket,
