@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,3 +224,16 @@ def test_a_name_rebound_after_the_check_is_refused_by_the_relay(camera: RtspCame
         source.stop()
     assert "resolves to 169.254.169.254" in (stats.last_error or "")
     assert "not retried" in (stats.last_error or "") and stats.reconnects == 0
+
+
+@pytest.mark.slow
+def test_the_relay_benchmark_script_reports_its_ratios(camera: RtspCamera) -> None:
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_relay.py"
+    done = subprocess.run([sys.executable, str(script), "--media", str(camera.media),
+                           "--seconds", "1", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["stream_mbit_s"] > 0 and len(result["cpu_s"]["relay"]) == 1
+    ratios = {"relay_extra_core_share", "relay_vs_direct_demux", "relay_extra_vs_decode"}
+    assert ratios <= set(result)
