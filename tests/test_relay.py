@@ -209,6 +209,18 @@ def test_the_connection_goes_to_the_address_the_policy_checked(camera: RtspCamer
     assert stats.url == url and "camera.invalid" in resolved
 
 
+def test_rtsp_over_udp_through_the_relay(camera: RtspCamera) -> None:
+    """The control connection goes through the relay, RTP comes straight from the camera to
+    the ports FFmpeg asked for, and RTCP goes to the pinned ``source=``."""
+    source = PyAVSource("udp", camera.url, fast_ingest(rtsp_transport="udp"))
+    source.start()
+    try:
+        frames = collect(source, 15, until=lambda frames, _: len(frames) >= 3)
+    finally:
+        source.stop()
+    assert len(frames) >= 3, source.stats()
+
+
 def test_a_name_rebound_after_the_check_is_refused_by_the_relay(camera: RtspCamera) -> None:
     """The source checks the name before it opens; the relay resolves it again for the
     connection itself, and that answer, not the first, is what it connects to or refuses."""
