@@ -9,6 +9,7 @@ import itertools
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -219,6 +220,26 @@ def test_rtsp_over_udp_through_the_relay(camera: RtspCamera) -> None:
     finally:
         source.stop()
     assert len(frames) >= 3, source.stats()
+
+
+def test_sources_started_and_stopped_leave_no_relay_thread_or_descriptor(
+        camera: RtspCamera) -> None:
+    import psutil
+
+    process = psutil.Process()
+
+    def relays() -> int:
+        return sum(t.name.startswith("relay-") for t in threading.enumerate())
+
+    fds = process.num_fds()
+    for round_ in range(4):
+        source = PyAVSource(f"cycle-{round_}", camera.url, fast_ingest())
+        source.start()
+        assert len(collect(source, 15, until=lambda frames, _: len(frames) >= 2)) >= 2
+        assert relays() >= 2  # its listener and the connection FFmpeg opened
+        source.stop()
+    assert wait_for(lambda: relays() == 0, 5), [t.name for t in threading.enumerate()]
+    assert wait_for(lambda: process.num_fds() <= fds, 5), (fds, process.num_fds())
 
 
 def test_a_name_rebound_after_the_check_is_refused_by_the_relay(camera: RtspCamera) -> None:
