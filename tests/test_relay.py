@@ -73,7 +73,6 @@ HIDDEN_REDIRECTS = {
     "bare LF": b"RTSP/1.0 200 OK\nCSeq: 1\n\nRTSP/1.0 302 x\nLocation: rtsp://169.254.169.254/\n\n",
     "two spaces": b"RTSP/1.0  302 Found\r\n" + LOCATION + b"\r\n",
     "a tab": b"RTSP/1.0\t302 Found\r\n" + LOCATION + b"\r\n",
-    "a leading zero": b"RTSP/1.0 0302 Found\r\n" + LOCATION + b"\r\n",
     "a stray CR": b"RTSP/1.0 302\r Found\r\r\n" + LOCATION + b"\r\r\n",
     "behind a length FFmpeg ignores": b"RTSP/1.0 200 OK\r\nContent-Length : 99\r\n\r\n"
                                       b"RTSP/1.0 302 Found\r\n" + LOCATION + b"\r\n",
@@ -95,7 +94,16 @@ def test_a_redirect_is_refused_however_it_is_spelled(traffic: bytes) -> None:
     b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n$\x00\x00\x10",
     b"RTSP/1.0 200 OK\x00\r\n\r\n",
     b"RTSP/1.0 200 OK\r\nX-Pad: " + b"a" * 5000 + b"\r\n\r\n",
-], ids=["underscore", "negative", "overflowing", "frame in a head", "NUL", "long line"])
+    b"RTSP/1.0 0302 Found\r\n" + LOCATION + b"\r\n",
+    b"RTSP/1.0 4294967598 Moved\r\n" + LOCATION + b"\r\n",
+    b"RTSP/1.0 -4294966994 Moved\r\n" + LOCATION + b"\r\n",
+    b"RTSP/1.0\r\n\r\n",
+    b"RTSP/1.0 200 OK\r\nTransport: RTP/AVP;unicast;x=" + b"A" * (4095 - 32) + b"\r\n\r\n",
+    b"$\x00\x00\x05RTSP/",
+], ids=["underscore", "negative", "overflowing", "frame in a head", "NUL", "long line",
+        "status with a leading zero", "status wrapping to 302",
+        "negative status wrapping to 302", "no status",
+        "Transport too long once pinned", "frame shorter than RTCP"])
 def test_what_ffmpeg_would_read_otherwise_is_refused(traffic: bytes) -> None:
     with pytest.raises(ValueError, match="RTSP"):
         RtspReplies(CHECKED).feed(traffic)

@@ -7,8 +7,9 @@ payload), an empty line ends a reply head, the status is the number after the ``
 and a case-insensitive ``Content-Length:`` gives the body it skips. Reading any differently would
 let a camera hide a reply from the relay (a ``302`` inside what the relay took for a body), so
 this follows the same rules, and refuses outright what FFmpeg would read in ways this does not
-model: a line FFmpeg would truncate, a NUL byte, an interleaved frame inside a head, a
-``Content-Length`` that is not a plain number.
+model: a line FFmpeg would truncate (the camera's, or a ``Transport`` once pinned), a NUL byte,
+an interleaved frame inside a head or shorter than any RTP/RTCP packet, a status that is not
+three digits (FFmpeg's ``atoi`` wraps), a ``Content-Length`` that is not a plain number.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from stream.sources.netpolicy import Address
 MAX_LINE = 4095
 """FFmpeg keeps this much of a reply line (its buffer, less the NUL) and drops the rest."""
 MAX_HEAD_BYTES = 64 * 1024
-_STATUS = re.compile(rb"[+-]?\d+")
+_STATUS = re.compile(rb"\d{3}")
 _LENGTH = re.compile(rb"[ \t]*(\d{1,9})[ \t]*")
 
 
@@ -63,7 +64,12 @@ class RtspReplies:
                 if self._buffer[0] == 0x24:
                     if len(self._buffer) < 4:
                         break
-                    self._skip = 4 + int.from_bytes(self._buffer[2:4], "big")
+                    length = int.from_bytes(self._buffer[2:4], "big")
+                    if 0 < length < 8:
+                        # Playing, FFmpeg reads such a payload as RTSP text (no RTP or RTCP
+                        # packet is this short); setting up, it skips it: no one reading.
+                        raise ValueError(f"an interleaved RTSP frame of {length} bytes")
+                    self._skip = 4 + length
                     continue
             end = self._buffer.find(b"\n")
             if end < 0:
@@ -95,9 +101,12 @@ class RtspReplies:
         lines = [raw[:-1].replace(b"\r", b"") for raw in head]
         words = lines[0].split()
         status = 0
-        if len(words) >= 2 and words[0].startswith(b"RTSP/"):
-            number = _STATUS.match(words[1])
-            status = int(number[0]) if number else 0
+        if words and words[0].startswith(b"RTSP/"):
+            # FFmpeg takes atoi() of the next word, which wraps past 32 bits
+            # ("4294967598" is 302): only three plain digits are read alike.
+            if len(words) < 2 or not _STATUS.fullmatch(words[1]):
+                raise ValueError(f"an RTSP status that is not three digits: {lines[0][:60]!r}")
+            status = int(words[1])
         if 300 <= status < 400:
             location = next((line[9:].strip() for line in lines[1:]
                              if line[:9].lower() == b"location:"), b"")
@@ -115,6 +124,8 @@ class RtspReplies:
                 length = int(value[1])
             elif line[:10].lower() == b"transport:":
                 raw = line[:10] + b" " + self._pinned(line[10:].strip()) + b"\r\n"
+                if len(raw) - 2 > MAX_LINE:  # FFmpeg would cut the pinned source= off
+                    raise ValueError("an RTSP Transport line too long to pin its source")
             out.append(raw)
         self._skip = length
         return b"".join(out)
