@@ -289,6 +289,15 @@ async def test_redis_restart_mid_run_every_event_once_in_order(
         server.close()
 
 
+async def wait_until_async(predicate: Any, timeout_s: float, poll_s: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(poll_s)
+    return True
+
+
 async def test_redis_killed_and_restarted_three_times_loses_and_repeats_nothing(
     tmp_path: Path, started: list[Publisher]
 ) -> None:
@@ -308,6 +317,10 @@ async def test_redis_killed_and_restarted_three_times_loses_and_repeats_nothing(
                 crashes[seq]()
             if seq - 40 in crashes:
                 server.start()
+                # Back before the next crash, however slow the machine: else two crashes fall
+                # in one outage and are one reconnect.
+                restarts = sorted(crashes).index(seq - 40) + 1
+                assert await wait_until_async(lambda n=restarts: pub.stats.reconnects >= n, 15)
             await asyncio.sleep(0.005)
         final = scorer.finish(seq=300, pts=75.0, captured_at=1075.0, now=75.0)
         pub.stream_offline("cam1", reason="removed", final_events=final)
