@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from stream.rtsp_camera import RtspCamera
 from stream.samples import write_face_video
+from stream.sources.base import SourceStats
 from stream.sources.pyav import PyAVSource
 from stream.sources.relay import rtmp_tcurl
 from stream.sources.rtsp_replies import RtspRedirect, RtspReplies
@@ -27,6 +28,16 @@ from tests.support.sources import collect, fast_ingest, wait_for
 from tests.support.tcp import RtspRedirector, SilentTcpServer
 
 CHECKED = ipaddress.ip_address("10.1.2.3")
+
+
+def given_up(source: PyAVSource) -> SourceStats:
+    """Start ``source``, wait until it fails for good, stop it: its stats then."""
+    source.start()
+    try:
+        assert wait_for(lambda: source.stats().status == "failed", 15), source.stats()
+        return source.stats()
+    finally:
+        source.stop()
 
 
 def interleaved(channel: int, payload: bytes) -> bytes:
@@ -145,12 +156,7 @@ def test_ffmpeg_follows_each_redirect_alone_and_the_relay_refuses_it(reply: str)
             av.open(url, options={"rtsp_transport": "tcp"}, timeout=1)
         assert wait_for(lambda: target.accepted == 1, 2)
         source = PyAVSource("redirected", url, fast_ingest())
-        source.start()
-        try:
-            assert wait_for(lambda: source.stats().status == "failed", 15), source.stats()
-            stats = source.stats()
-        finally:
-            source.stop()
+        stats = given_up(source)
         assert "redirected to" in (stats.last_error or "") and stats.reconnects == 0
         assert target.accepted == 1
 
@@ -178,12 +184,7 @@ def test_an_rtsp_redirect_is_refused_and_never_reached(
         redirect: tuple[RtspRedirector, SilentTcpServer]) -> None:
     redirector, target = redirect
     source = PyAVSource("redirected", f"rtsp://127.0.0.1:{redirector.port}/cam", fast_ingest())
-    source.start()
-    try:
-        assert wait_for(lambda: source.stats().status == "failed", 15), source.stats()
-        stats = source.stats()
-    finally:
-        source.stop()
+    stats = given_up(source)
     assert f"redirected to 'rtsp://127.0.0.1:{target.port}/elsewhere'" in (stats.last_error or "")
     assert "not retried" in (stats.last_error or "") and stats.reconnects == 0
     assert target.accepted == 0
@@ -257,12 +258,7 @@ def test_a_name_rebound_after_the_check_is_refused_by_the_relay(camera: RtspCame
     answers = iter([["127.0.0.1"]])
     source = PyAVSource("rebound", url, fast_ingest(),
                         resolve=lambda _: next(answers, ["169.254.169.254"]))
-    source.start()
-    try:
-        assert wait_for(lambda: source.stats().status == "failed", 15), source.stats()
-        stats = source.stats()
-    finally:
-        source.stop()
+    stats = given_up(source)
     assert "resolves to 169.254.169.254" in (stats.last_error or "")
     assert "not retried" in (stats.last_error or "") and stats.reconnects == 0
 

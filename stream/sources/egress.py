@@ -24,6 +24,7 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
+from stream.sources.loopback import LoopbackServer
 from stream.sources.netpolicy import DestinationRefused, NetworkPolicy, Resolver, resolve_host
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,10 @@ class EgressProxy:
         self.policy = policy
         self.timeout_s = timeout_s
         self.resolve = resolve
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
         self._refusal: str | None = None
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name=f"egress-{self.port}",
-                                        daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer("egress", self._serve)
+        self.port = self._server.port
 
     @property
     def url(self) -> str:
@@ -64,22 +60,9 @@ class EgressProxy:
             return self._refusal
 
     def close(self) -> None:
-        self._closed.set()
-        self._thread.join(2)
-        self._listener.close()
+        self._server.close()
 
     # -- serving -----------------------------------------------------------------------------
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True,
-                             name=f"egress-{self.port}-conn").start()
 
     def _serve(self, client: socket.socket) -> None:
         client.settimeout(self.timeout_s)

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from stream.sources.loopback import LoopbackServer
 from stream.sources.netpolicy import (
     Address,
     DestinationRefused,
@@ -66,9 +67,12 @@ class SourceRelay:
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.upstream_port = parts.port or DEFAULT_PORTS[self.scheme]
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._refusal: str | None = None
+        self._failure: str | None = None
+        self._open: set[socket.socket] = set()
+        self._server = LoopbackServer("relay", self._serve)
+        self.port = self._server.port
         userinfo = parts.netloc.rpartition("@")[0]
         netloc = (f"{userinfo}@" if userinfo else "") + f"127.0.0.1:{self.port}"
         self.url = urlunsplit((PLAIN[self.scheme], netloc, parts.path, parts.query, ""))
@@ -76,14 +80,6 @@ class SourceRelay:
         self.tcurl = rtmp_tcurl(url) if PLAIN[self.scheme] == "rtmp" else None
         """RTMP's ``tcUrl`` as FFmpeg would send it to the camera itself (servers may pick a
         virtual host by it), rather than one naming the relay."""
-        self._lock = threading.Lock()
-        self._refusal: str | None = None
-        self._failure: str | None = None
-        self._open: set[socket.socket] = set()
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name=f"relay-{self.port}",
-                                        daemon=True)
-        self._thread.start()
 
     def refusal(self) -> str | None:
         """Why the latest connection was refused (the policy, or a redirect); None if none."""
@@ -99,26 +95,13 @@ class SourceRelay:
             return failure
 
     def close(self) -> None:
-        self._closed.set()
-        self._thread.join(2)
-        self._listener.close()
+        self._server.close()
         with self._lock:
             sockets, self._open = list(self._open), set()
         for sock in sockets:
             _shut(sock)
 
     # -- serving -----------------------------------------------------------------------------
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True,
-                             name=f"relay-{self.port}-conn").start()
 
     def _fail(self, why: str) -> None:
         with self._lock:
@@ -151,7 +134,7 @@ class SourceRelay:
                     self._fail(f"TLS failed: {exc}")
                     return
             with self._lock:
-                if self._closed.is_set():
+                if self._server.closed.is_set():
                     return
                 self._open.update((client, upstream))
             replies = RtspReplies(address).feed if self.scheme.startswith("rtsp") else None
